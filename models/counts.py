@@ -1,0 +1,87 @@
+"""Exact parameter and FLOP counts of an `ArchSpec`, by arithmetic alone.
+
+Nothing here builds a module, so an over-budget spec is rejected before it costs memory
+or GPU time. `tests/models` checks that `count_params` equals `sum(p.numel())` of the
+built model for many random specs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from models.spec import INPUT_SIZE, ArchSpec
+
+DEFAULT_MAX_PARAMS = 5_000_000
+
+
+class BudgetError(ValueError):
+    """A spec has more trainable parameters than the budget allows."""
+
+    def __init__(self, params: int, limit: int):
+        self.params = params
+        self.limit = limit
+        super().__init__(
+            f"{params:,} trainable parameters exceed the limit of {limit:,} "
+            f"(over by {params - limit:,})"
+        )
+
+
+def _conv_bn(cin: int, cout: int, k: int) -> int:
+    # bias-free conv + BatchNorm (weight and bias are trainable)
+    return cin * cout * k * k + 2 * cout
+
+
+@dataclass(frozen=True)
+class _Layer:
+    cin: int
+    cout: int
+    kernel: int
+    out_size: int  # output map side, pixels
+
+
+def _conv_layers(spec: ArchSpec) -> list[_Layer]:
+    """Every conv of the network, in order, with its output map size."""
+    layers = [_Layer(3, spec.stem_width, spec.stem_kernel, INPUT_SIZE)]
+    cin, size = spec.stem_width, INPUT_SIZE
+    for stage in spec.stages:
+        for b in range(stage.repeats):
+            stride = stage.stride if b == 0 else 1
+            out = (size - 1) // stride + 1
+            layers.append(_Layer(cin, stage.width, stage.kernel, out))
+            layers.append(_Layer(stage.width, stage.width, stage.kernel, out))
+            if stride != 1 or cin != stage.width:
+                layers.append(_Layer(cin, stage.width, stage.skip_kernel, out))
+            cin, size = stage.width, out
+    return layers
+
+
+def count_params(spec: ArchSpec) -> int:
+    """Trainable parameters of the model `build_model(spec)` would make."""
+    convs = sum(_conv_bn(layer.cin, layer.cout, layer.kernel) for layer in _conv_layers(spec))
+    return convs + spec.classifier_features() * spec.num_classes + spec.num_classes
+
+
+def count_flops(spec: ArchSpec) -> int:
+    """Forward FLOPs per 32x32 image: 2 x multiply-accumulates of convs and the linear.
+
+    BatchNorm, ReLU, the residual adds and pooling are left out: together they are under
+    1% of the total for every member of the family.
+    """
+    macs = sum(
+        layer.cin * layer.cout * layer.kernel**2 * layer.out_size**2
+        for layer in _conv_layers(spec)
+    )
+    macs += spec.classifier_features() * spec.num_classes
+    return 2 * macs
+
+
+def count_convs(spec: ArchSpec) -> int:
+    return len(_conv_layers(spec))
+
+
+def check_budget(spec: ArchSpec, limit: int = DEFAULT_MAX_PARAMS) -> int:
+    """Return the parameter count, or raise `BudgetError` naming count and limit."""
+    params = count_params(spec)
+    if params > limit:
+        raise BudgetError(params, limit)
+    return params
