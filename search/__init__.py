@@ -1,0 +1,1 @@
+"""Studies, search spaces, the objective, the trainer and the data pipeline."""

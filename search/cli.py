@@ -1,0 +1,170 @@
+"""The `autosearch` command line. Commands parse, call library code and print."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+from models import (
+    DEFAULT_MAX_PARAMS,
+    ArchSpec,
+    SpecError,
+    count_convs,
+    count_flops,
+    count_params,
+    get_preset,
+    make_spec,
+)
+
+app = typer.Typer(
+    help="Search CIFAR-10 ResNets under a parameter budget with Optuna.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+EXIT_BAD_INPUT = 2
+EXIT_OVER_BUDGET = 3
+
+
+@app.callback()
+def _root() -> None:
+    """Search CIFAR-10 ResNets under a parameter budget with Optuna."""
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
+    """Print one error line and exit; never a traceback."""
+    err_console.print(f"error: {message}", highlight=False, markup=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def parse_ints(option: str, text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        fail(f"{option} takes comma-separated integers, got {text!r}")
+    if not values:
+        fail(f"{option} takes comma-separated integers, got {text!r}")
+    return values
+
+
+def spec_from_options(
+    preset: str | None,
+    widths: str | None,
+    repeats: str | None,
+    strides: str | None,
+    kernels: str | None,
+    skip_kernel: str | None,
+    stem: int,
+    stem_kernel: int,
+    pool: int,
+) -> ArchSpec:
+    """An ArchSpec from a preset name or from per-stage flags (not both)."""
+    if preset is not None:
+        if widths is not None:
+            fail("give a preset name or --widths, not both")
+        try:
+            return get_preset(preset)
+        except KeyError as e:
+            fail(str(e.args[0]))
+    if widths is None:
+        fail("give a preset name (e.g. zigzag) or --widths and --repeats")
+    w = parse_ints("--widths", widths)
+    r = parse_ints("--repeats", repeats) or [1]
+    try:
+        return make_spec(
+            w,
+            r,
+            strides=parse_ints("--strides", strides),
+            kernels=parse_ints("--kernels", kernels),
+            skip_kernels=parse_ints("--skip-kernel", skip_kernel),
+            stem_width=stem,
+            stem_kernel=stem_kernel,
+            pool=pool,
+        )
+    except SpecError as e:
+        fail(str(e))
+
+
+# Shared option declarations for commands that take an architecture.
+PresetArg = Annotated[
+    str | None, typer.Argument(help="Architecture preset (zigzag, resnet18-1111, ...).")
+]
+WidthsOpt = Annotated[str | None, typer.Option(help="Channel widths per stage, e.g. 64,128,256.")]
+RepeatsOpt = Annotated[str | None, typer.Option(help="Blocks per stage, e.g. 2,2,2.")]
+StridesOpt = Annotated[
+    str | None, typer.Option(help="Stride of each stage (default 1 then 2s).")
+]
+KernelsOpt = Annotated[str | None, typer.Option(help="Conv kernel per stage (3 or 5).")]
+SkipOpt = Annotated[
+    str | None, typer.Option("--skip-kernel", help="Projection kernel (1 or 3), one or per stage.")
+]
+StemOpt = Annotated[int, typer.Option(help="Stem width.")]
+StemKernelOpt = Annotated[int, typer.Option(help="Stem kernel (3 or 5).")]
+PoolOpt = Annotated[int, typer.Option(help="0 for global average pooling, else pool size P.")]
+MaxParamsOpt = Annotated[
+    int, typer.Option(help="Parameter budget.", min=1)
+]
+
+
+@app.command()
+def arch(
+    preset: PresetArg = None,
+    widths: WidthsOpt = None,
+    repeats: RepeatsOpt = None,
+    strides: StridesOpt = None,
+    kernels: KernelsOpt = None,
+    skip_kernel: SkipOpt = None,
+    stem: StemOpt = 64,
+    stem_kernel: StemKernelOpt = 3,
+    pool: PoolOpt = 0,
+    max_params: MaxParamsOpt = DEFAULT_MAX_PARAMS,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Show an architecture's exact parameter count, FLOPs and budget verdict.
+
+    Exits 0 within the budget and 3 over it.
+    """
+    spec = spec_from_options(
+        preset, widths, repeats, strides, kernels, skip_kernel, stem, stem_kernel, pool
+    )
+    params, flops = count_params(spec), count_flops(spec)
+    within = params <= max_params
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "name": spec.name,
+                    "params": params,
+                    "flops": flops,
+                    "convs": count_convs(spec),
+                    "max_params": max_params,
+                    "within_budget": within,
+                    "spec": spec.to_dict(),
+                }
+            )
+        )
+    else:
+        console.print(f"[bold]{spec.name or 'custom'}[/]  {spec.describe()}", highlight=False)
+        console.print(f"params  {params:,}")
+        console.print(f"FLOPs   {flops / 1e6:,.1f} M per image (forward)")
+        console.print(f"convs   {count_convs(spec)}")
+        verdict = (
+            f"[green]within budget[/] ({params:,} <= {max_params:,})"
+            if within
+            else f"[red]over budget[/]: {params:,} > {max_params:,}"
+        )
+        console.print(verdict)
+    if not within:
+        raise typer.Exit(EXIT_OVER_BUDGET)
+
+
+def main() -> None:
+    app()
