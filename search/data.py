@@ -81,10 +81,13 @@ class RawCifar:
 class _ArrayUnpickler(pickle.Unpickler):
     # Unpickling can run arbitrary code and data folders come from anywhere, so only the
     # numpy pieces that a batch file legitimately needs may be reconstructed.
-    _ALLOWED = {"_reconstruct", "ndarray", "dtype", "scalar", "_frombuffer"}
+    # numpy.core was renamed numpy._core; both spellings occur in files
+    _NUMPY = {"_reconstruct", "ndarray", "dtype", "scalar", "_frombuffer"}
 
     def find_class(self, module: str, name: str) -> Any:
-        if module.split(".")[0] == "numpy" and name in self._ALLOWED:
+        numpy_part = module.split(".")[0] == "numpy" and name in self._NUMPY
+        # protocol-2 pickles written by Python 3 rebuild bytes through _codecs.encode
+        if numpy_part or (module, name) == ("_codecs", "encode"):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch")
 
