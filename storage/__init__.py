@@ -1,0 +1,35 @@
+"""Where things are kept: study storage URLs, the Optuna storage, training checkpoints."""
+
+from storage.checkpoints import (
+    DEFAULT_ROOT,
+    CheckpointError,
+    CheckpointStore,
+    prune_finished,
+    read_checkpoint,
+)
+from storage.optuna_storage import StorageError, make_storage, root_trial_number
+from storage.urls import (
+    DEFAULT_DB_FILE,
+    StorageURLError,
+    is_postgres,
+    is_sqlite,
+    mask_url,
+    resolve_url,
+)
+
+__all__ = [
+    "DEFAULT_DB_FILE",
+    "DEFAULT_ROOT",
+    "CheckpointError",
+    "CheckpointStore",
+    "StorageError",
+    "StorageURLError",
+    "is_postgres",
+    "is_sqlite",
+    "make_storage",
+    "mask_url",
+    "prune_finished",
+    "read_checkpoint",
+    "resolve_url",
+    "root_trial_number",
+]

@@ -1,0 +1,216 @@
+"""Optuna `RDBStorage` set up for many workers: WAL SQLite or bounded PostgreSQL pools.
+
+Workers that die mid-trial are caught by Optuna's heartbeat: a trial whose heartbeat is
+older than the grace period is failed by the next worker that starts a trial, and
+`RetryHeartbeatStaleTrialCallback` queues a copy with the same parameters and user
+attributes. `root_trial_number` maps every copy back to the first trial of its chain,
+which is the key under which `storage.checkpoints` keeps that trial's epochs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.exceptions import ExperimentalWarning
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial
+from sqlalchemy import event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from storage.urls import is_postgres, is_sqlite, mask_url, resolve_url
+
+SQLITE_BUSY_TIMEOUT_S = 60  # how long a writer waits for the file lock before failing
+PG_MAX_OVERFLOW = 1  # connections a worker may open beyond `pool_size` under a burst
+PG_POOL_RECYCLE_S = 1800  # reopen connections older than this; outlives idle-kill proxies
+PG_POOL_TIMEOUT_S = 30  # wait for a free pooled connection before raising
+PG_CONNECT_TIMEOUT_S = 10  # a wrong host fails in seconds, not after the TCP default
+
+
+class StorageError(RuntimeError):
+    """The study storage cannot be opened. The message names the URL, password masked."""
+
+
+def _sqlite_is_memory(url: str) -> bool:
+    parsed = make_url(url)
+    return parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory"
+
+
+def _engine_kwargs(url: str, pool_size: int) -> dict[str, Any]:
+    # Pre-ping costs one round trip per checkout and saves a trial from a connection the
+    # server or a proxy closed while the worker was training for minutes.
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if is_sqlite(url):
+        kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
+    elif is_postgres(url):
+        kwargs.update(
+            pool_size=pool_size,
+            max_overflow=PG_MAX_OVERFLOW,
+            pool_recycle=PG_POOL_RECYCLE_S,
+            pool_timeout=PG_POOL_TIMEOUT_S,
+            connect_args={
+                "connect_timeout": PG_CONNECT_TIMEOUT_S,
+                "application_name": "autosearch",
+            },
+        )
+    return kwargs
+
+
+def _use_wal(engine: Engine) -> None:
+    """Put every connection of `engine`, present and future, in WAL mode.
+
+    WAL lets readers (the dashboard, other workers sampling) proceed while one worker
+    writes; synchronous=NORMAL is durable against a process crash in WAL mode, which is
+    the failure we guard against, and spares an fsync per commit. WAL needs a local
+    filesystem: put the database file on local disk, not NFS.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        finally:
+            cursor.close()
+
+    # RDBStorage already opened a connection (table creation) before the listener existed;
+    # dropping the pool makes the next checkout a fresh connection that runs the pragmas.
+    engine.dispose()
+
+
+def _reason(error: BaseException, password: str | None) -> str:
+    # SQLAlchemy wraps the driver error and appends the SQL and a help link; the driver's
+    # own first line says what went wrong (unknown host, missing database, bad login).
+    reason = str(getattr(error, "orig", None) or error).strip().splitlines()
+    text = reason[0] if reason else type(error).__name__
+    if password:
+        text = text.replace(password, "***")
+    return text
+
+
+def make_storage(
+    url: str | None = None,
+    *,
+    heartbeat_interval: int | None = 30,
+    grace_period: int | None = 120,
+    max_retry: int | None = 1,
+    pool_size: int = 2,
+) -> RDBStorage:
+    """Open (creating tables if needed) the Optuna storage at `url`.
+
+    SQLite gets a busy timeout of `SQLITE_BUSY_TIMEOUT_S` and WAL journaling on every
+    connection, and its folder is created. PostgreSQL gets a bounded pool. A worker
+    process uses at most ``pool_size + PG_MAX_OVERFLOW`` connections: Optuna keeps one
+    session per thread, and a worker has two threads that touch the database (the
+    trial loop and the heartbeat), so the default ``2 + 1 = 3`` leaves one spare. N
+    workers therefore hold at most ``3 * N`` connections; with PostgreSQL's default
+    ``max_connections = 100`` (3 reserved for superusers) that is about 30 workers, plus
+    room for a dashboard. Raise ``max_connections`` or lower `pool_size` for more.
+
+    Args:
+        url: Storage URL or SQLite file path; see `storage.urls.resolve_url` for the
+            fallbacks when None.
+        heartbeat_interval: Seconds between heartbeats of a running trial; None disables
+            heartbeats, and with them the detection and retry of dead workers' trials.
+        grace_period: Seconds without a heartbeat before a running trial counts as dead
+            and is failed; must exceed `heartbeat_interval`. None means twice the
+            interval.
+        max_retry: How many times a dead worker's trial is queued again with the same
+            parameters; None disables retries.
+        pool_size: Persistent PostgreSQL connections per worker process.
+
+    Returns:
+        The storage, ready for `optuna.create_study(storage=...)`.
+
+    Raises:
+        StorageURLError: `url` is not a storage URL.
+        StorageError: The database cannot be reached or opened.
+        ValueError: A heartbeat setting is out of range.
+
+    Example:
+        >>> storage = make_storage("sqlite:////tmp/demo/autosearch.db")  # doctest: +SKIP
+        >>> study = optuna.create_study(study_name="demo", storage=storage)  # doctest: +SKIP
+    """
+    resolved = resolve_url(url)
+    if heartbeat_interval is not None and grace_period is not None:
+        if grace_period <= heartbeat_interval:
+            raise ValueError(
+                f"grace_period={grace_period} s must exceed heartbeat_interval="
+                f"{heartbeat_interval} s, or live trials would be failed as dead"
+            )
+    if pool_size < 1:
+        raise ValueError(f"pool_size={pool_size} must be at least 1")
+
+    sqlite = is_sqlite(resolved)
+    wal = sqlite and not _sqlite_is_memory(resolved)
+
+    callback = None
+    if heartbeat_interval is not None and max_retry is not None:
+        # inherit_intermediate_values=True: the retry resumes from the dead trial's last
+        # complete checkpoint (epoch k) and reports only epochs after k, so the inherited
+        # values for epochs <= k plus the new ones form one curve without gaps for the
+        # pruner. Reporting after the checkpoint is written keeps it gap-free; an epoch the
+        # dead trial had reported but not checkpointed is trained again, and Optuna ignores
+        # (with a warning) a second report of a step it already holds, so no duplicates.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            callback = RetryHeartbeatStaleTrialCallback(
+                max_retry=max_retry, inherit_intermediate_values=True
+            )
+
+    try:
+        if wal:
+            Path(make_url(resolved).database).parent.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():
+            # Heartbeats are an experimental Optuna feature that we choose knowingly.
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            storage = RDBStorage(
+                resolved,
+                engine_kwargs=_engine_kwargs(resolved, pool_size),
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period if heartbeat_interval is not None else None,
+                heartbeat_stale_trial_callback=callback,
+            )
+    except (SQLAlchemyError, ImportError, OSError) as e:
+        # `from None`: the chained driver exception may carry connection parameters.
+        raise StorageError(
+            f"cannot open the study storage at {mask_url(resolved)}: "
+            f"{_reason(e, make_url(resolved).password)}"
+        ) from None
+    if wal:
+        _use_wal(storage.engine)
+    return storage
+
+
+def root_trial_number(trial: optuna.trial.BaseTrial | FrozenTrial) -> int:
+    """The number of the first trial in `trial`'s retry chain, or its own if not a retry.
+
+    A retried trial gets a new number; keying checkpoints by this root number lets the
+    retry find the epochs its dead predecessor saved.
+
+    Args:
+        trial: A live `optuna.trial.Trial`, a `FrozenTrial`, or a `FixedTrial` (which
+            is never a retry).
+
+    Returns:
+        The trial number that started the chain.
+    """
+    if isinstance(trial, optuna.trial.Trial):
+        # A live trial exposes no system attributes; the storage holds them, copied onto
+        # the retry by the callback when it was queued.
+        frozen = trial.study._storage.get_trial(trial._trial_id)
+    elif isinstance(trial, FrozenTrial):
+        frozen = trial
+    else:
+        return trial.number
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        first = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+        history = RetryHeartbeatStaleTrialCallback.retry_history(frozen)
+    if first is not None:
+        return first
+    return history[0] if history else frozen.number

@@ -1,0 +1,121 @@
+"""Where a study lives: resolving, checking and masking storage URLs.
+
+A URL comes from the caller, else from the `AUTOSEARCH_STORAGE` environment variable,
+else it is a SQLite file `autosearch.db` in the working folder. Passwords never leave
+this module unmasked in a message: every error names the URL through `mask_url`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+DEFAULT_DB_FILE = "autosearch.db"
+ENV_VAR = "AUTOSEARCH_STORAGE"
+
+_SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+# psycopg 3 is the driver we ship; SQLAlchemy would otherwise pick psycopg2 for a bare
+# `postgresql://`, and `postgres://` (Heroku style) is not a dialect name at all.
+_PG_SCHEMES = ("postgres://", "postgresql://")
+_PG_DRIVER_SCHEME = "postgresql+psycopg://"
+_QUERY_SECRETS = frozenset({"password", "passwd", "pwd"})
+_MASK = "***"
+# Fallback for strings SQLAlchemy cannot parse: `scheme://user:secret@host` -> `user:***@`.
+_USERINFO_SECRET = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+
+
+class StorageURLError(ValueError):
+    """A storage URL is neither a SQLAlchemy URL nor a SQLite file path."""
+
+
+def mask_url(url: str | URL) -> str:
+    """The URL as text with any password replaced by ``***``.
+
+    Both the ``user:password@`` part and ``password=`` query parameters are masked. Text
+    that does not parse as a URL is still scrubbed of a ``user:password@`` part.
+
+    Args:
+        url: A URL string or SQLAlchemy `URL`.
+
+    Returns:
+        Text safe to print or log.
+
+    Example:
+        >>> mask_url("postgresql+psycopg://bob:s3cret@db:5432/autosearch")
+        'postgresql+psycopg://bob:***@db:5432/autosearch'
+    """
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError, TypeError):
+        return _USERINFO_SECRET.sub(rf"\1{_MASK}@", str(url))
+    secret_keys = [k for k in parsed.query if k.lower() in _QUERY_SECRETS]
+    if secret_keys:
+        parsed = parsed.update_query_dict({k: _MASK for k in secret_keys})
+    # The query masks are percent-encoded on rendering; show them as plain asterisks.
+    return parsed.render_as_string(hide_password=True).replace("%2A%2A%2A", _MASK)
+
+
+def _sqlite_url(path: str | Path) -> str:
+    # Absolute, so that workers started from other folders open the same file.
+    return f"sqlite:///{Path(path).expanduser().resolve()}"
+
+
+def resolve_url(url: str | None = None) -> str:
+    """The storage URL to use, normalised.
+
+    Order: the `url` argument, else the `AUTOSEARCH_STORAGE` environment variable, else
+    ``sqlite:///<cwd>/autosearch.db``. A bare file path ending in ``.db``, ``.sqlite`` or
+    ``.sqlite3`` means a SQLite file (made absolute). ``postgres://`` and
+    ``postgresql://`` get the psycopg 3 driver: ``postgresql+psycopg://``.
+
+    Args:
+        url: An explicit URL or SQLite file path; None or empty to fall back.
+
+    Returns:
+        A SQLAlchemy URL string, password included (mask it before printing).
+
+    Raises:
+        StorageURLError: The value is not a SQLAlchemy URL of a known dialect. The
+            message names the value with its password masked.
+
+    Example:
+        >>> resolve_url("postgres://bob@db/autosearch")
+        'postgresql+psycopg://bob@db/autosearch'
+    """
+    value = (url or os.environ.get(ENV_VAR) or "").strip()
+    if not value:
+        return _sqlite_url(Path.cwd() / DEFAULT_DB_FILE)
+    if "://" not in value and value.lower().endswith(_SQLITE_SUFFIXES):
+        return _sqlite_url(value)
+    for scheme in _PG_SCHEMES:
+        if value.startswith(scheme):
+            value = _PG_DRIVER_SCHEME + value[len(scheme) :]
+            break
+    try:
+        # Loading the dialect catches typos such as `sqllite:///` here, not at connect time.
+        make_url(value).get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError) as e:
+        raise StorageURLError(
+            f"not a storage URL: {mask_url(value)!r} ({e}); expected a SQLAlchemy URL such "
+            f"as sqlite:///path/{DEFAULT_DB_FILE} or postgresql+psycopg://user@host/db, "
+            f"or a file path ending in {', '.join(_SQLITE_SUFFIXES)}"
+        ) from None
+    return value
+
+
+def _backend(url: str) -> str:
+    return make_url(resolve_url(url)).get_backend_name()
+
+
+def is_sqlite(url: str) -> bool:
+    """Whether `url` (or a bare SQLite path) names a SQLite database."""
+    return _backend(url) == "sqlite"
+
+
+def is_postgres(url: str) -> bool:
+    """Whether `url` names a PostgreSQL database, whatever the driver."""
+    return _backend(url) == "postgresql"

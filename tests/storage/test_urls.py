@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from storage.urls import (
+    DEFAULT_DB_FILE,
+    ENV_VAR,
+    StorageURLError,
+    is_postgres,
+    is_sqlite,
+    mask_url,
+    resolve_url,
+)
+
+SECRET = "hunter2"
+
+
+@pytest.fixture(autouse=True)
+def _no_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_VAR, raising=False)
+
+
+def test_default_is_sqlite_file_in_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert resolve_url() == f"sqlite:///{tmp_path.resolve() / DEFAULT_DB_FILE}"
+    assert resolve_url("") == resolve_url(None)
+
+
+def test_env_beats_default_and_argument_beats_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_VAR, "postgresql+psycopg://env@db/envdb")
+    assert resolve_url() == "postgresql+psycopg://env@db/envdb"
+    assert resolve_url("sqlite:////tmp/arg.db") == "sqlite:////tmp/arg.db"
+
+
+@pytest.mark.parametrize("name", ["runs/a.db", "b.sqlite", "c.SQLITE3"])
+def test_bare_path_is_absolute_sqlite(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    url = resolve_url(name)
+    assert url == f"sqlite:///{tmp_path.resolve() / name}"
+    assert Path(make_url(url).database).is_absolute()
+    assert is_sqlite(name) and not is_postgres(name)
+
+
+def test_home_is_expanded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert resolve_url("~/x.db") == f"sqlite:///{tmp_path.resolve() / 'x.db'}"
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("postgres://u@h:5432/db", "postgresql+psycopg://u@h:5432/db"),
+        ("postgresql://u:pw@h/db", "postgresql+psycopg://u:pw@h/db"),
+        ("postgresql+psycopg://u@h/db", "postgresql+psycopg://u@h/db"),
+        ("postgresql+psycopg2://u@h/db", "postgresql+psycopg2://u@h/db"),
+    ],
+)
+def test_postgres_gets_psycopg3(given: str, expected: str) -> None:
+    assert resolve_url(given) == expected
+    assert is_postgres(given) and not is_sqlite(given)
+
+
+@pytest.mark.parametrize(
+    "bad", ["not a url", "notes.txt", "sqllite:///x.db", f"http://bob:{SECRET}@host/x"]
+)
+def test_bad_url_names_masked_value(bad: str) -> None:
+    with pytest.raises(StorageURLError) as info:
+        resolve_url(bad)
+    message = str(info.value)
+    assert SECRET not in message
+    assert mask_url(bad) in message
+
+
+@pytest.mark.parametrize(
+    ("url", "secrets"),
+    [
+        (f"postgresql+psycopg://bob:{SECRET}@db:5432/s", [SECRET]),
+        # Reserved characters travel percent-encoded; neither form may leak.
+        ("postgresql://bob:p%40ss%3Aw%2Frd@db/s", ["p@ss:w/rd", "p%40ss%3Aw%2Frd"]),
+        (f"postgresql+psycopg://bob@db/s?password={SECRET}&sslmode=require", [SECRET]),
+        (f"weird scheme://bob:{SECRET}@db/s", [SECRET]),
+    ],
+)
+def test_mask_hides_password_everywhere(url: str, secrets: list[str]) -> None:
+    masked = mask_url(url)
+    assert "***" in masked
+    printed = [masked, f"{masked}", repr(masked), mask_url(masked)]
+    if " " not in url:
+        # A parsed URL masks too. (SQLAlchemy's own str() hides only the userinfo password,
+        # not a `password=` query parameter, so print URLs through mask_url only.)
+        printed.append(mask_url(make_url(url)))
+    for form in printed:
+        for secret in secrets:
+            assert secret not in form, form
+
+
+def test_mask_keeps_url_without_password() -> None:
+    assert mask_url("postgresql+psycopg://bob@db:5432/s") == "postgresql+psycopg://bob@db:5432/s"
+    assert mask_url("sqlite:////tmp/a.db") == "sqlite:////tmp/a.db"
