@@ -1,0 +1,203 @@
+"""Optimizers and lr schedules: every kind, on a tiny model, without training."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from search.optim import ONECYCLE_START, make_optimizer, make_schedule, param_groups
+from search.recipe import OPTIMIZERS, SCHEDULES, TrainRecipe
+
+
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(64, 2)
+    )
+
+
+def lrs(recipe: TrainRecipe, steps: int, steps_per_epoch: int = 10) -> list[float]:
+    """The lr used by each of `steps` optimizer steps."""
+    opt = make_optimizer(tiny_model(), recipe)
+    schedule = make_schedule(opt, recipe, steps_per_epoch)
+    out = []
+    for _ in range(steps):
+        out.append(schedule.lr)
+        schedule.step_batch()
+    return out
+
+
+# ------------------------------------------------------------------------ optimizers
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_every_optimizer_changes_the_weights(name):
+    model = tiny_model()
+    recipe = TrainRecipe(optimizer=name, lr=0.01, weight_decay=1e-3)
+    opt = make_optimizer(model, recipe)
+    before = [p.detach().clone() for p in model.parameters()]
+    x = torch.randn(4, 3, 6, 6)
+    nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 0, 1])).backward()
+    opt.step()
+    changed = [not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True)]
+    assert all(changed), f"{name} left some parameters unchanged"
+    assert all(g["lr"] == 0.01 for g in opt.param_groups)
+
+
+def test_only_conv_and_linear_weights_are_decayed():
+    model = tiny_model()
+    decayed, plain = param_groups(model, 5e-4)
+    assert decayed["weight_decay"] == 5e-4 and plain["weight_decay"] == 0.0
+    assert {p.ndim for p in decayed["params"]} == {2, 4}
+    # BN weight, BN bias, linear bias
+    assert len(plain["params"]) == 3 and all(p.ndim == 1 for p in plain["params"])
+
+
+def test_momentum_is_beta1_of_the_adam_family_and_nesterov_needs_none():
+    opt = make_optimizer(tiny_model(), TrainRecipe(optimizer="adamw", momentum=0.8))
+    assert opt.param_groups[0]["betas"] == (0.8, 0.999)
+    opt = make_optimizer(tiny_model(), TrainRecipe(optimizer="nesterov", momentum=0.0))
+    assert opt.param_groups[0]["nesterov"] is False  # plain SGD instead of a torch error
+    opt = make_optimizer(tiny_model(), TrainRecipe(optimizer="nesterov", momentum=0.9))
+    assert opt.param_groups[0]["nesterov"] is True
+
+
+# ------------------------------------------------------------------------- schedules
+
+
+def test_constant():
+    assert set(lrs(TrainRecipe(schedule="constant", lr=0.3), 25)) == {0.3}
+
+
+def test_step_decays_every_step_epochs():
+    recipe = TrainRecipe(schedule="step", lr=1.0, step_epochs=2, gamma=0.5, epochs=6)
+    got = lrs(recipe, 60, steps_per_epoch=10)
+    assert got[0] == got[19] == 1.0
+    assert got[20] == got[39] == 0.5
+    assert got[40] == 0.25
+
+
+def test_cosine_falls_from_lr_to_the_floor():
+    recipe = TrainRecipe(schedule="cosine", lr=1.0, min_lr_ratio=0.1, epochs=3)
+    got = lrs(recipe, 31, steps_per_epoch=10)
+    assert got[0] == 1.0
+    assert got[30] == pytest.approx(0.1)
+    assert got[15] == pytest.approx(0.55)
+    assert all(a >= b for a, b in zip(got, got[1:], strict=False))
+
+
+def test_onecycle_rises_to_lr_then_falls_to_about_zero():
+    recipe = TrainRecipe(schedule="onecycle", lr=0.4, warmup=0.25, epochs=4)
+    got = lrs(recipe, 40, steps_per_epoch=10)
+    peak = got.index(max(got))
+    assert max(got) == pytest.approx(0.4) and peak == 10
+    assert got[0] == pytest.approx(0.4 * ONECYCLE_START)
+    assert all(a < b for a, b in zip(got[:peak], got[1 : peak + 1], strict=True))
+    assert all(a > b for a, b in zip(got[peak:], got[peak + 1 :], strict=False))
+    assert got[-1] == pytest.approx(0.4 / 30)  # one step from the end of the run
+
+
+def test_onecycle_without_warmup_starts_at_the_peak():
+    got = lrs(TrainRecipe(schedule="onecycle", lr=0.4, warmup=0.0, epochs=1), 10)
+    assert got[0] == 0.4 and got[-1] == pytest.approx(0.04)
+
+
+def test_cosine_restarts_restart_and_grow():
+    recipe = TrainRecipe(
+        schedule="cosine_restarts", lr=1.0, restart_epochs=1, restart_mult=2, epochs=7
+    )
+    got = lrs(recipe, 70, steps_per_epoch=10)
+    assert [i for i, v in enumerate(got) if v == 1.0] == [0, 10, 30]  # cycles of 10, 20, 40
+    assert got[9] < 0.05 and got[29] < 0.05
+    assert got[20] == pytest.approx(0.5)  # halfway through the 20-step cycle
+
+
+def test_cyclic_oscillates_between_base_and_lr():
+    recipe = TrainRecipe(schedule="cyclic", lr=1.0, cyclic_base=0.2, cyclic_epochs=0.5)
+    got = lrs(recipe, 21, steps_per_epoch=10)  # 5 steps per half cycle
+    assert got[0] == pytest.approx(0.2) and got[5] == pytest.approx(1.0)
+    assert got[10] == pytest.approx(0.2) and got[15] == pytest.approx(1.0)
+    assert got[20] == pytest.approx(0.2)
+    assert min(got) == pytest.approx(0.2) and max(got) == pytest.approx(1.0)
+
+
+def plateau_run(recipe: TrainRecipe, values: list[float]) -> list[float]:
+    """lr after each epoch, feeding `values` as the watched metric."""
+    opt = make_optimizer(tiny_model(), recipe)
+    schedule = make_schedule(opt, recipe, steps_per_epoch=3)
+    assert schedule.needs_metric
+    out = []
+    for v in values:
+        for _ in range(3):
+            schedule.step_batch()  # a no-op within an epoch
+        if recipe.plateau_mode == "min":
+            schedule.step_epoch(v, math.nan)
+        else:
+            schedule.step_epoch(math.nan, v)
+        out.append(schedule.lr)
+    return out
+
+
+def test_plateau_reduces_after_patience():
+    recipe = TrainRecipe(schedule="plateau", lr=1.0, plateau_factor=0.5, plateau_patience=2)
+    got = plateau_run(recipe, [3.0, 2.0, 2.0, 2.0, 2.0, 1.0, 1.0])
+    assert got == pytest.approx([1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5])
+    # mode max watches accuracy: rising accuracy never reduces
+    recipe = recipe.replace(plateau_mode="max")
+    assert plateau_run(recipe, [0.1, 0.2, 0.3, 0.4, 0.5]) == [1.0] * 5
+    assert plateau_run(recipe, [0.5, 0.4, 0.4, 0.4])[-1] == 0.5
+
+
+def test_zigzag_plateau_goes_down_and_back_up_but_never_above_lr():
+    recipe = TrainRecipe(schedule="zigzag_plateau", lr=1.0, plateau_factor=0.5, plateau_patience=1)
+    losses = [3.0, 2.0, 2.5, 2.5, 2.5, 2.5, 1.9, 1.8, 1.7, 1.6]
+    got = plateau_run(recipe, losses)
+    assert got == pytest.approx([1.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.5, 1.0, 1.0, 1.0])
+    assert max(got) == 1.0
+    # mode max on accuracy, with a NaN counted as no improvement
+    recipe = recipe.replace(plateau_mode="max")
+    got = plateau_run(recipe, [0.5, math.nan, 0.4, 0.6])
+    assert got == pytest.approx([1.0, 1.0, 0.5, 1.0])
+
+
+@pytest.mark.parametrize("kind", SCHEDULES)
+def test_schedule_state_round_trips(kind):
+    recipe = TrainRecipe(
+        schedule=kind, lr=1.0, epochs=4, step_epochs=1, restart_epochs=1, cyclic_epochs=0.7,
+        plateau_patience=0, plateau_factor=0.5,
+    )  # fmt: skip
+    opt = make_optimizer(tiny_model(), recipe)
+    first = make_schedule(opt, recipe, steps_per_epoch=5)
+    for loss in (2.0, 2.5):
+        for _ in range(5):
+            first.step_batch()
+        first.step_epoch(loss, 0.5)
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+
+    opt2 = make_optimizer(tiny_model(), recipe)
+    second = make_schedule(opt2, recipe, steps_per_epoch=5)
+    second.load_state_dict(state)
+    assert second.lr == first.lr and opt2.param_groups[-1]["lr"] == first.lr
+    for loss in (1.0, 3.0, 3.0):
+        for _ in range(5):
+            first.step_batch()
+            second.step_batch()
+            assert second.lr == first.lr
+        first.step_epoch(loss, 0.5)
+        second.step_epoch(loss, 0.5)
+        assert second.lr == first.lr
+
+
+def test_state_of_another_kind_is_refused():
+    recipe = TrainRecipe(schedule="cosine")
+    schedule = make_schedule(make_optimizer(tiny_model(), recipe), recipe, 5)
+    other = make_schedule(make_optimizer(tiny_model(), recipe), recipe.replace(schedule="step"), 5)
+    with pytest.raises(ValueError, match="'step'"):
+        schedule.load_state_dict(other.state_dict())
