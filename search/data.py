@@ -202,7 +202,7 @@ def load_cifar10(data_dir: str | Path | None = None, *, download: bool = True) -
 
     Example:
         >>> raw = load_cifar10("data", download=False)  # doctest: +SKIP
-        >>> raw.train_x.shape, raw.test_x.shape
+        >>> raw.train_x.shape, raw.test_x.shape  # doctest: +SKIP
         ((50000, 32, 32, 3), (10000, 32, 32, 3))
 
     Raises:
@@ -387,7 +387,7 @@ def prepare_data(
 
     Example:
         >>> data = prepare_data("data", subset=2000, device="cpu")  # doctest: +SKIP
-        >>> data.train_x.shape, data.val_x.shape, data.test_x.shape
+        >>> data.train_x.shape, data.val_x.shape, data.test_x.shape  # doctest: +SKIP
         (torch.Size([1600, 3, 32, 32]), torch.Size([400, 3, 32, 32]), torch.Size([400, 3, 32, 32]))
     """
     if raw is None:

@@ -237,7 +237,7 @@ def test_split_is_stratified_disjoint_and_covering():
     assert train.dtype == val.dtype == np.int64
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, database=None)
 @given(
     counts=st.lists(st.integers(1, 30), min_size=1, max_size=8),
     fraction=st.floats(0, 0.99),
