@@ -1,0 +1,471 @@
+"""The trainer: one model, one recipe, data already on the device, results back.
+
+Pure: no globals, no printing, no hard-coded device. The same code trains a 64-image
+CPU test and a full CIFAR-10 run on an H100, where it uses bf16 autocast, channels-last
+tensors, fused optimizers and never waits on the GPU inside an epoch: losses and correct
+counts are summed on the device and read once per epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from search.augment import augment_batch
+from search.data import CifarData
+from search.optim import make_optimizer, make_schedule
+from search.recipe import TrainRecipe
+
+MIN_BATCH = 2  # BatchNorm needs at least 2 images per batch in training mode
+
+# ----------------------------------------------------------------------------- device
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """ "auto" (cuda if available, else cpu), "cpu", "cuda" or "cuda:N" as a torch.device.
+
+    Raises ValueError naming the value for anything else, or when CUDA is asked for and
+    is not there.
+    """
+    if isinstance(name, torch.device):
+        name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise ValueError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was requested but CUDA is not available here")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(
+            f"device {name!r} does not exist: {torch.cuda.device_count()} CUDA device(s)"
+        )
+    return device
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    # bf16 needs no loss scaling; on the CPU we stay in fp32 for exact, portable tests.
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _channel_stats(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, C, 1, 1) mean and 1/std, made once so no step builds a tensor from Python."""
+    m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    return m, 1 / s
+
+
+# ---------------------------------------------------------------------------- results
+
+
+@dataclass
+class EpochReport:
+    """One epoch. Losses are mean cross-entropy per image; accuracies are in [0, 1].
+
+    `train_loss` includes label smoothing; `val_loss` does not. `lr` is the learning rate
+    of the epoch's last optimizer step. `seconds` and `images_per_s` cover the training
+    steps only, not the evaluation.
+    """
+
+    epoch: int  # 1-based
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    lr: float
+    seconds: float
+    images_per_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """The outcome of `train`.
+
+    `status` is "finished" (all epochs ran), "stopped" (the callback asked to stop) or
+    "diverged" (the training loss became NaN or infinite). `wall_time` is the seconds
+    spent in training steps over all epochs, evaluation excluded, and `images_per_s`
+    the training images per second over those seconds. Accuracies are NaN when no epoch
+    produced one (an empty validation split).
+    """
+
+    history: list[EpochReport]
+    status: str
+    message: str
+    best_val_acc: float
+    final_val_acc: float
+    epochs_run: int
+    wall_time: float
+    images_per_s: float
+    device: str
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["history"] = [r.to_dict() for r in self.history]
+        return data
+
+
+# --------------------------------------------------------------------------------- EMA
+
+
+class WeightEMA:
+    """An exponential moving average of a model's weights and BatchNorm statistics.
+
+    Kept by hand rather than with `torch.optim.swa_utils.AveragedModel`, whose update
+    reads a device counter on the host every step. The decay warms up as
+    min(decay, (1 + t) / (10 + t)) over optimizer steps t, so short runs are not stuck
+    near the initial weights. Integer buffers (BN's batch counters) are copied only when
+    the average is used, not every step.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = model
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.steps = 0
+        # The tensor lists are fixed for the run (loading a state_dict copies in place),
+        # so they are gathered once instead of on every step.
+        mine = [*self.module.parameters(), *self.module.buffers()]
+        theirs = [t.detach() for t in (*model.parameters(), *model.buffers())]
+        floats = [i for i, t in enumerate(mine) if t.is_floating_point()]
+        self._mine = [mine[i] for i in floats]
+        self._theirs = [theirs[i] for i in floats]
+        self._counters = [(mine[i], theirs[i]) for i in range(len(mine)) if i not in floats]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Fold the model's current weights in; call after every optimizer step."""
+        self.steps += 1
+        decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        # One multi-tensor launch for all ~100-200 tensors rather than one per tensor.
+        torch._foreach_lerp_(self._mine, self._theirs, 1 - decay)
+
+    @torch.no_grad()
+    def averaged(self) -> nn.Module:
+        """The averaged model, its integer buffers brought up to date."""
+        for mine, theirs in self._counters:
+            mine.copy_(theirs)
+        return self.module
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "module": self.module.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps = int(state["steps"])
+        self.module.load_state_dict(state["module"])
+
+
+# -------------------------------------------------------------------------- evaluation
+
+
+def _batches(n: int, batch_size: int) -> Iterator[slice]:
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    x_uint8: torch.Tensor,
+    y: torch.Tensor,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    *,
+    tta: bool = False,
+    batch_size: int = 1024,
+    device: torch.device | str | None = None,
+) -> tuple[float, float]:
+    """Mean cross-entropy (no label smoothing) and accuracy in [0, 1] of `model`.
+
+    `x_uint8` is (N, 3, H, W) uint8 and `y` (N,) labels, on any device; batches move to
+    `device` (default: the model's). With `tta` the logits of each image and its mirror
+    image are averaged. The model is put in eval mode and its previous mode restored.
+    An empty set gives (nan, nan): there is nothing to measure, and NaN cannot be
+    mistaken for a score.
+    """
+    n = len(y)
+    if n == 0:
+        return math.nan, math.nan
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    mean_t, inv_std = _channel_stats(mean, std, device)
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    try:
+        for s in _batches(n, batch_size):
+            xb = x_uint8[s].to(device, non_blocking=True)
+            yb = y[s].to(device, non_blocking=True)
+            x = (xb.float().div_(255) - mean_t) * inv_std  # (B, 3, H, W)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(device):
+                if tta:
+                    # One forward over [images; mirrors], (2B, 3, H, W), then average.
+                    both = model(torch.cat([x, x.flip(3)])).float()
+                    logits = (both[: len(yb)] + both[len(yb) :]) / 2
+                else:
+                    logits = model(x).float()
+            loss_sum += F.cross_entropy(logits, yb, reduction="sum")
+            correct += (logits.argmax(1) == yb).sum()
+    finally:
+        model.train(was_training)
+    loss, hits = torch.stack([loss_sum, correct.to(loss_sum.dtype)]).tolist()
+    return loss / n, hits / n
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def _snapshot(obj: Any) -> Any:
+    """A detached CPU copy of nested dicts/lists of tensors, safe to keep or save."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_snapshot(v) for v in obj]
+    return obj
+
+
+def training_state(
+    *,
+    epoch: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: Any,
+    ema: WeightEMA | None,
+    generator: torch.Generator,
+    device: torch.device,
+    history: list[EpochReport],
+    best_val_acc: float,
+    recipe: TrainRecipe,
+    seed: int,
+) -> dict[str, Any]:
+    """Everything `train(resume=...)` needs to continue after `epoch`, as CPU copies.
+
+    Only tensors, dicts, lists, ints, floats, strings and None, so a saved state loads
+    with `torch.load(path, weights_only=True)`. The recipe and seed ride along so a
+    checkpoint says what made it.
+    """
+    return _snapshot(
+        {
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None,
+            "rng": {
+                "cpu": torch.get_rng_state(),
+                "generator": generator.get_state(),
+                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            },
+            "history": [r.to_dict() for r in history],
+            "best_val_acc": best_val_acc,
+            "recipe": recipe.to_dict(),
+            "seed": seed,
+        }
+    )
+
+
+def _steps_per_epoch(n: int, batch_size: int) -> int:
+    full, rest = divmod(n, batch_size)
+    return full + (rest >= MIN_BATCH)
+
+
+def train(
+    model: nn.Module,
+    data: CifarData,
+    recipe: TrainRecipe,
+    *,
+    device: torch.device | str,
+    seed: int = 0,
+    callback: Callable[[EpochReport], bool | None] | None = None,
+    on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    resume: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train `model` on `data.train_*` following `recipe`; validate on `data.val_*`.
+
+    Each epoch: a fresh permutation from a device generator seeded with `seed`, batches
+    of `recipe.batch_size` (a last batch under 2 images is dropped), augmentation,
+    normalisation, a step, and the lr schedule; then evaluation (on the EMA weights when
+    `recipe.ema` > 0, with flip TTA when `recipe.tta`). After each epoch:
+
+    - a non-finite training loss ends the run with status "diverged";
+    - `on_checkpoint(state)` gets a `training_state` snapshot;
+    - `callback(report)` gets the `EpochReport`; returning True ends with "stopped".
+
+    `resume` takes such a state and continues at its epoch + 1 exactly as if never
+    interrupted (same weights, optimizer, schedule, EMA, random streams and history).
+    The model is moved to `device` in place; exceptions from the callbacks propagate.
+    """
+    device = resolve_device(device)
+    cuda = device.type == "cuda"
+    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
+    n_train, n_val = len(train_y), len(data.val_y)
+    if n_train < MIN_BATCH:
+        raise ValueError(f"the training split has {n_train} image(s); at least 2 are needed")
+    batch_size = recipe.batch_size
+    steps_per_epoch = _steps_per_epoch(n_train, batch_size)
+    # Images actually seen per epoch: the dropped remainder of 1 image is not counted.
+    seen_per_epoch = min(n_train, steps_per_epoch * batch_size)
+
+    model.to(device)
+    if cuda:
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, recipe)
+    schedule = make_schedule(optimizer, recipe, steps_per_epoch)
+    ema = WeightEMA(model, recipe.ema) if recipe.ema > 0 else None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    mean_t, inv_std = _channel_stats(data.mean, data.std, device)
+    augments = recipe.augment
+
+    history: list[EpochReport] = []
+    best_val_acc = math.nan
+    start_epoch = 1
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        schedule.load_state_dict(resume["schedule"])
+        if ema is not None:
+            if resume.get("ema") is None:
+                raise ValueError("the resume state has no EMA weights but recipe.ema > 0")
+            ema.load_state_dict(resume["ema"])
+        rng = resume["rng"]
+        torch.set_rng_state(rng["cpu"])
+        generator.set_state(rng["generator"])
+        if cuda and rng.get("cuda") is not None:
+            torch.cuda.set_rng_state(rng["cuda"], device)
+        history = [EpochReport(**r) for r in resume["history"]]
+        best_val_acc = float(resume["best_val_acc"])
+        start_epoch = int(resume["epoch"]) + 1
+
+    status, message = "finished", ""
+    benchmark = torch.backends.cudnn.benchmark
+    if cuda:
+        # A handful of batch shapes recur thousands of times: let cuDNN pick kernels once.
+        torch.backends.cudnn.benchmark = True
+    try:
+        for epoch in range(start_epoch, recipe.epochs + 1):
+            model.train()
+            started = time.perf_counter()
+            perm = torch.randperm(n_train, device=device, generator=generator)
+            loss_sum = torch.zeros((), device=device)  # sum over images, on the device
+            correct = torch.zeros((), dtype=torch.int64, device=device)
+            lr = schedule.lr
+            for step in range(steps_per_epoch):
+                idx = perm[step * batch_size : (step + 1) * batch_size]
+                x = train_x[idx].float().div_(255)  # (B, 3, 32, 32) in [0, 1]
+                y = train_y[idx]
+                if augments:
+                    x = augment_batch(x, augments, generator)
+                x = (x - mean_t) * inv_std
+                if cuda:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with _autocast(device):
+                    logits = model(x)
+                    loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                lr = schedule.lr
+                optimizer.step()
+                schedule.step_batch()
+                if ema is not None:
+                    ema.update()
+                loss_sum += loss.detach().float() * len(idx)
+                correct += (logits.argmax(1) == y).sum()
+            # The one host sync of the training steps; it also ends the epoch's timing.
+            total_loss, hits = torch.stack([loss_sum, correct.float()]).tolist()
+            seconds = time.perf_counter() - started
+
+            eval_model = ema.averaged() if ema is not None else model
+            val_loss, val_acc = evaluate(
+                eval_model,
+                data.val_x,
+                data.val_y,
+                data.mean,
+                data.std,
+                tta=recipe.tta,
+                device=device,
+            )
+            schedule.step_epoch(val_loss, val_acc)
+            report = EpochReport(
+                epoch=epoch,
+                train_loss=total_loss / seen_per_epoch,
+                train_acc=hits / seen_per_epoch,
+                val_loss=val_loss,
+                val_acc=val_acc,
+                lr=lr,
+                seconds=seconds,
+                images_per_s=seen_per_epoch / seconds if seconds > 0 else math.inf,
+            )
+            history.append(report)
+            if math.isnan(best_val_acc) or val_acc > best_val_acc:
+                best_val_acc = val_acc
+            # NaN weights after a last finite-loss step show up as a NaN validation loss.
+            if not math.isfinite(report.train_loss) or (n_val and math.isnan(val_loss)):
+                status = "diverged"
+                message = (
+                    f"training diverged in epoch {epoch}: mean training loss "
+                    f"{report.train_loss}, validation loss {val_loss} at lr {lr:.4g}; "
+                    "stopped rather than train on NaN"
+                )
+                break
+            if on_checkpoint is not None:
+                on_checkpoint(
+                    training_state(
+                        epoch=epoch,
+                        model=model,
+                        optimizer=optimizer,
+                        schedule=schedule,
+                        ema=ema,
+                        generator=generator,
+                        device=device,
+                        history=history,
+                        best_val_acc=best_val_acc,
+                        recipe=recipe,
+                        seed=seed,
+                    )
+                )
+            if callback is not None and callback(report) is True:
+                status, message = "stopped", f"stopped by the callback after epoch {epoch}"
+                break
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+
+    if status == "finished":
+        message = f"trained {len(history)} epoch(s) of {recipe.epochs}"
+    wall_time = sum(r.seconds for r in history)
+    images = seen_per_epoch * len(history)
+    return TrainResult(
+        history=history,
+        status=status,
+        message=message,
+        best_val_acc=best_val_acc,
+        final_val_acc=history[-1].val_acc if history else math.nan,
+        epochs_run=len(history),
+        wall_time=wall_time,
+        images_per_s=images / wall_time if wall_time > 0 else 0.0,
+        device=torch.cuda.get_device_name(device) if cuda else "cpu",
+    )
