@@ -6,11 +6,12 @@ trials whose weights are worth keeping, ``final.pt``. An integer key is a trial 
 files) and becomes ``trial-00042``.
 
 Each file is a 16-byte magic, the SHA-256 of the payload, then the payload: a
-`torch.save` of ``{"epoch": int, "state": dict}``. A file is written under a temporary
-name, fsynced, renamed over its final name and the folder fsynced, so a reader sees
-either the old file or the whole new one. A truncated or altered file fails its checksum
-and is skipped, never loaded. States hold only tensors, containers and plain scalars, so
-they load with ``weights_only=True``.
+`torch.save` of ``{"epoch": int, "state": dict, "torch": version}``. A file is written
+under a temporary name, fsynced, renamed over its final name and the folder fsynced, so
+a reader sees either the old file or the whole new one. A truncated or altered file
+fails its checksum and is skipped, never loaded. States hold only tensors, containers
+and plain scalars, so they load with ``weights_only=True``. The caller puts the spec,
+recipe and git revision that made the run into the state.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def _fsync_dir(folder: Path) -> None:
 
 def _write_atomic(path: Path, epoch: int, state: dict[str, Any]) -> Path:
     buffer = io.BytesIO()
-    torch.save({"epoch": epoch, "state": state}, buffer)
+    # The torch version travels along: a file that fails to load after an upgrade says why.
+    torch.save({"epoch": epoch, "state": state, "torch": torch.__version__}, buffer)
     payload = buffer.getbuffer()
     digest = hashlib.sha256(payload).digest()
     # pid + random suffix: a retry of the same key never races a live writer, but a
