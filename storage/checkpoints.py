@@ -74,8 +74,8 @@ def _fsync_dir(folder: Path) -> None:
 
 def _write_atomic(path: Path, epoch: int, state: dict[str, Any]) -> Path:
     buffer = io.BytesIO()
-    # The torch version travels along: a file that fails to load after an upgrade says why.
-    torch.save({"epoch": epoch, "state": state, "torch": torch.__version__}, buffer)
+    # The torch version travels along (as a plain str: TorchVersion is not weights_only-safe).
+    torch.save({"epoch": epoch, "state": state, "torch": str(torch.__version__)}, buffer)
     payload = buffer.getbuffer()
     digest = hashlib.sha256(payload).digest()
     # pid + random suffix: a retry of the same key never races a live writer, but a
