@@ -77,6 +77,12 @@ def _write_atomic(path: Path, epoch: int, state: dict[str, Any]) -> Path:
     # The torch version travels along (as a plain str: TorchVersion is not weights_only-safe).
     torch.save({"epoch": epoch, "state": state, "torch": str(torch.__version__)}, buffer)
     payload = buffer.getbuffer()
+    try:
+        # A state that weights_only refuses would save fine and then never resume; find
+        # out in the first epoch, not after the worker has died.
+        torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path.name}: state does not load with weights_only: {e}") from e
     digest = hashlib.sha256(payload).digest()
     # pid + random suffix: a retry of the same key never races a live writer, but a
     # stale file of a dead pid must not be confused with ours.
@@ -180,6 +186,10 @@ class CheckpointStore:
 
         Returns:
             The path written.
+
+        Raises:
+            CheckpointError: `state` would not load with ``weights_only=True``; nothing
+                is written.
         """
         if epoch < 0:
             raise CheckpointError(f"epoch={epoch} must be non-negative")

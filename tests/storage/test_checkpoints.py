@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import os
 from pathlib import Path
@@ -163,10 +165,21 @@ def test_dead_writers_temp_files_are_swept(store: CheckpointStore) -> None:
     assert not leftover.exists()
 
 
-def test_loading_is_weights_only(store: CheckpointStore) -> None:
-    # Anything beyond tensors, containers and scalars is refused, never unpickled.
+def test_unsafe_state_is_refused_at_save(store: CheckpointStore) -> None:
     store.save(0, {"ok": torch.ones(2)})
-    store.save(1, {"bad": Path("/x")})
+    with pytest.raises(CheckpointError, match="weights_only"):
+        store.save(1, {"bad": Path("/x")})
+    assert _files(store) == ["epoch-0000.pt"]
+
+
+def test_loading_is_weights_only(store: CheckpointStore) -> None:
+    # A file whose checksum holds but whose pickle names arbitrary classes is refused,
+    # never unpickled.
+    buffer = io.BytesIO()
+    torch.save({"epoch": 1, "state": {"bad": Path("/x")}}, buffer)
+    payload = buffer.getvalue()
+    store.save(0, {"ok": torch.ones(2)})
+    store.path(1).write_bytes(ckpt._MAGIC + hashlib.sha256(payload).digest() + payload)
     assert store.load_latest()[0] == 0
     with pytest.raises(CheckpointError, match="unpickle"):
         read_checkpoint(store.path(1))
