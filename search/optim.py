@@ -1,4 +1,4 @@
-"""Optimizers and learning-rate schedules built from a `TrainRecipe`.
+"""Optimizers, learning-rate schedules and weight averaging built from a `TrainRecipe`.
 
 `make_optimizer` covers every optimizer the recipe names; `make_schedule` returns a
 `Schedule` with one interface for every schedule kind, so the trainer never branches on
@@ -12,11 +12,13 @@ the kind:
         schedule.step_epoch(val_loss, val_acc)  # once per epoch, with host floats
 
 Learning rates are written into the optimizer's param groups as Python floats, so
-changing them never synchronises the host with the GPU.
+changing them never synchronises the host with the GPU. `WeightEMA` keeps an exponential
+moving average of the weights, which the trainer evaluates when the recipe asks for it.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -329,3 +331,53 @@ def make_schedule(
     return StepwiseSchedule(
         optimizer, recipe.schedule, recipe.lr, _multiplier(recipe, steps_per_epoch)
     )
+
+
+# ------------------------------------------------------------------ weight averaging
+
+
+class WeightEMA:
+    """An exponential moving average of a model's weights and BatchNorm statistics.
+
+    Kept by hand rather than with `torch.optim.swa_utils.AveragedModel`, whose update
+    reads a device counter on the host every step. The decay warms up as
+    min(decay, (1 + t) / (10 + t)) over optimizer steps t, so short runs are not stuck
+    near the initial weights. Integer buffers (BN's batch counters) are copied only when
+    the average is used, not every step.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = model
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.steps = 0
+        # The tensor lists are fixed for the run (loading a state_dict copies in place),
+        # so they are gathered once instead of on every step.
+        mine = [*self.module.parameters(), *self.module.buffers()]
+        theirs = [t.detach() for t in (*model.parameters(), *model.buffers())]
+        floats = {i for i, t in enumerate(mine) if t.is_floating_point()}
+        self._mine = [mine[i] for i in sorted(floats)]
+        self._theirs = [theirs[i] for i in sorted(floats)]
+        self._counters = [(mine[i], theirs[i]) for i in range(len(mine)) if i not in floats]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Fold the model's current weights in; call after every optimizer step."""
+        self.steps += 1
+        decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        # One multi-tensor launch for all ~100-200 tensors rather than one per tensor.
+        torch._foreach_lerp_(self._mine, self._theirs, 1 - decay)
+
+    @torch.no_grad()
+    def averaged(self) -> nn.Module:
+        """The averaged model, its integer buffers brought up to date."""
+        for mine, theirs in self._counters:
+            mine.copy_(theirs)
+        return self.module
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "module": self.module.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps = int(state["steps"])
+        self.module.load_state_dict(state["module"])

@@ -9,7 +9,6 @@ counts are summed on the device and read once per epoch.
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +21,7 @@ from torch import nn
 
 from search.augment import augment_batch
 from search.data import CifarData
-from search.optim import make_optimizer, make_schedule
+from search.optim import WeightEMA, make_optimizer, make_schedule
 from search.recipe import TrainRecipe
 
 MIN_BATCH = 2  # BatchNorm needs at least 2 images per batch in training mode
@@ -123,56 +122,6 @@ class TrainResult:
         data = asdict(self)
         data["history"] = [r.to_dict() for r in self.history]
         return data
-
-
-# --------------------------------------------------------------------------------- EMA
-
-
-class WeightEMA:
-    """An exponential moving average of a model's weights and BatchNorm statistics.
-
-    Kept by hand rather than with `torch.optim.swa_utils.AveragedModel`, whose update
-    reads a device counter on the host every step. The decay warms up as
-    min(decay, (1 + t) / (10 + t)) over optimizer steps t, so short runs are not stuck
-    near the initial weights. Integer buffers (BN's batch counters) are copied only when
-    the average is used, not every step.
-    """
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
-        self.model = model
-        self.module = copy.deepcopy(model).eval().requires_grad_(False)
-        self.steps = 0
-        # The tensor lists are fixed for the run (loading a state_dict copies in place),
-        # so they are gathered once instead of on every step.
-        mine = [*self.module.parameters(), *self.module.buffers()]
-        theirs = [t.detach() for t in (*model.parameters(), *model.buffers())]
-        floats = [i for i, t in enumerate(mine) if t.is_floating_point()]
-        self._mine = [mine[i] for i in floats]
-        self._theirs = [theirs[i] for i in floats]
-        self._counters = [(mine[i], theirs[i]) for i in range(len(mine)) if i not in floats]
-
-    @torch.no_grad()
-    def update(self) -> None:
-        """Fold the model's current weights in; call after every optimizer step."""
-        self.steps += 1
-        decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
-        # One multi-tensor launch for all ~100-200 tensors rather than one per tensor.
-        torch._foreach_lerp_(self._mine, self._theirs, 1 - decay)
-
-    @torch.no_grad()
-    def averaged(self) -> nn.Module:
-        """The averaged model, its integer buffers brought up to date."""
-        for mine, theirs in self._counters:
-            mine.copy_(theirs)
-        return self.module
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "module": self.module.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.steps = int(state["steps"])
-        self.module.load_state_dict(state["module"])
 
 
 # -------------------------------------------------------------------------- evaluation
@@ -321,8 +270,10 @@ def train(
     """
     device = resolve_device(device)
     cuda = device.type == "cuda"
+    # Moved once (a no-op when already there), never per batch.
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
-    n_train, n_val = len(train_y), len(data.val_y)
+    val_x, val_y = data.val_x.to(device), data.val_y.to(device)
+    n_train, n_val = len(train_y), len(val_y)
     if n_train < MIN_BATCH:
         raise ValueError(f"the training split has {n_train} image(s); at least 2 are needed")
     batch_size = recipe.batch_size
@@ -401,13 +352,7 @@ def train(
 
             eval_model = ema.averaged() if ema is not None else model
             val_loss, val_acc = evaluate(
-                eval_model,
-                data.val_x,
-                data.val_y,
-                data.mean,
-                data.std,
-                tta=recipe.tta,
-                device=device,
+                eval_model, val_x, val_y, data.mean, data.std, tta=recipe.tta, device=device
             )
             schedule.step_epoch(val_loss, val_acc)
             report = EpochReport(

@@ -9,7 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from search.optim import ONECYCLE_START, make_optimizer, make_schedule, param_groups
+from search.optim import (
+    ONECYCLE_START,
+    WeightEMA,
+    make_optimizer,
+    make_schedule,
+    param_groups,
+)
 from search.recipe import OPTIMIZERS, SCHEDULES, TrainRecipe
 
 
@@ -201,3 +207,27 @@ def test_state_of_another_kind_is_refused():
     other = make_schedule(make_optimizer(tiny_model(), recipe), recipe.replace(schedule="step"), 5)
     with pytest.raises(ValueError, match="'step'"):
         schedule.load_state_dict(other.state_dict())
+
+
+# ----------------------------------------------------------------------- weight EMA
+
+
+def test_weight_ema_follows_with_a_warmed_up_decay():
+    model = tiny_model()
+    ema = WeightEMA(model, decay=0.99)
+    start = model[3].bias.detach().clone()
+    with torch.no_grad():
+        model[3].bias.add_(1.0)
+        model[1].running_mean.add_(2.0)
+        model[1].num_batches_tracked.add_(5)
+    ema.update()  # first step: decay min(0.99, 2 / 11)
+    w = 1 - 2 / 11
+    averaged = ema.averaged()
+    assert torch.allclose(averaged[3].bias, start + w)
+    assert torch.allclose(averaged[1].running_mean, torch.full((4,), 2.0 * w))
+    assert averaged[1].num_batches_tracked.item() == 5  # counters are copied, not averaged
+    assert not averaged.training and not any(p.requires_grad for p in averaged.parameters())
+
+    other = WeightEMA(tiny_model(), decay=0.99)
+    other.load_state_dict(ema.state_dict())
+    assert other.steps == 1 and torch.equal(other.module[3].bias, averaged[3].bias)
