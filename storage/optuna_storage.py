@@ -153,9 +153,9 @@ def make_storage(
         # inherit_intermediate_values=True: the retry resumes from the dead trial's last
         # complete checkpoint (epoch k) and reports only epochs after k, so the inherited
         # values for epochs <= k plus the new ones form one curve without gaps for the
-        # pruner. Reporting after the checkpoint is written keeps it gap-free; an epoch the
-        # dead trial had reported but not checkpointed is trained again, and Optuna ignores
-        # (with a warning) a second report of a step it already holds, so no duplicates.
+        # pruner. The trainer should report an epoch after its checkpoint is written; if
+        # it reports first and dies before the write, that epoch is trained again and
+        # Optuna ignores (with a warning) the second report of a step, so no duplicates.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)
             callback = RetryHeartbeatStaleTrialCallback(
