@@ -1,7 +1,7 @@
 """The trainer on tiny synthetic data and tiny models, on the CPU.
 
-Images are 16x16 rather than 32x32 in most tests: the models pool globally, so the loop
-is the same, and each test runs four times faster.
+Images are 8x8 rather than 32x32 in most tests: the models pool globally, so the loop
+is the same, and each test runs many times faster.
 """
 
 from __future__ import annotations
@@ -22,7 +22,17 @@ from search.trainer import EpochReport, evaluate, resolve_device, train
 CPU = torch.device("cpu")
 
 
-def random_data(n_train: int = 96, n_val: int = 32, side: int = 16, seed: int = 0) -> CifarData:
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # These tensors are tiny: a second intra-op thread only adds synchronisation, and on
+    # a busy 2-core machine it makes each test some 20x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def random_data(n_train: int = 96, n_val: int = 32, side: int = 8, seed: int = 0) -> CifarData:
     g = torch.Generator().manual_seed(seed)
 
     def split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,7 +50,7 @@ def colour_data(n_train: int = 128, n_val: int = 64, classes: int = 4) -> CifarD
 
     def split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         y = torch.arange(n) % classes
-        x = colours[y].view(n, 3, 1, 1) + 0.25 * torch.randn(n, 3, 16, 16, generator=g)
+        x = colours[y].view(n, 3, 1, 1) + 0.25 * torch.randn(n, 3, 8, 8, generator=g)
         return (x.clamp(0, 1) * 255).round().to(torch.uint8), y
 
     (tx, ty), (vx, vy) = split(n_train), split(n_val)
@@ -149,7 +159,7 @@ def test_evaluate_tta_averages_image_and_mirror_logits():
 
 def test_evaluate_keeps_the_mode_and_handles_an_empty_set():
     model = tiny_model().train()
-    empty = torch.zeros(0, 3, 16, 16, dtype=torch.uint8)
+    empty = torch.zeros(0, 3, 8, 8, dtype=torch.uint8)
     loss, acc = evaluate(model, empty, torch.zeros(0, dtype=torch.int64), (0.5,) * 3, (0.3,) * 3)
     assert math.isnan(loss) and math.isnan(acc)
     data = random_data()
