@@ -29,10 +29,10 @@ test: lint
 
 # Decode the JPEG copy of CIFAR-10 into the standard layout when it is present and no
 # dataset is set up yet; otherwise the loader looks in its default places or downloads.
-data:
+data: setup
 	@if [ -z "$$AUTOSEARCH_DATA" ] && [ ! -d $(DATA)/cifar-10-batches-py ] \
 	    && [ -f $(JPEG_COPY)/prepare.py ]; then \
-	  $(PYTHON) $(JPEG_COPY)/prepare.py $(DATA); fi
+	  $(BIN)/python $(JPEG_COPY)/prepare.py $(DATA); fi
 
 demo: setup data
 	$(BIN)/autosearch start --study zigzag --trials 4 --epochs 1 --subset 1000 \

@@ -11,13 +11,16 @@ from rich.console import Console
 from models import (
     DEFAULT_MAX_PARAMS,
     ArchSpec,
+    BudgetError,
     SpecError,
+    check_budget,
     count_convs,
     count_flops,
     count_params,
     get_preset,
     make_spec,
 )
+from search.recipe import RecipeError, get_recipe
 
 app = typer.Typer(
     help="Search CIFAR-10 ResNets under a parameter budget with Optuna.",
@@ -99,9 +102,7 @@ PresetArg = Annotated[
 ]
 WidthsOpt = Annotated[str | None, typer.Option(help="Channel widths per stage, e.g. 64,128,256.")]
 RepeatsOpt = Annotated[str | None, typer.Option(help="Blocks per stage, e.g. 2,2,2.")]
-StridesOpt = Annotated[
-    str | None, typer.Option(help="Stride of each stage (default 1 then 2s).")
-]
+StridesOpt = Annotated[str | None, typer.Option(help="Stride of each stage (default 1 then 2s).")]
 KernelsOpt = Annotated[str | None, typer.Option(help="Conv kernel per stage (3 or 5).")]
 SkipOpt = Annotated[
     str | None, typer.Option("--skip-kernel", help="Projection kernel (1 or 3), one or per stage.")
@@ -109,9 +110,7 @@ SkipOpt = Annotated[
 StemOpt = Annotated[int, typer.Option(help="Stem width.")]
 StemKernelOpt = Annotated[int, typer.Option(help="Stem kernel (3 or 5).")]
 PoolOpt = Annotated[int, typer.Option(help="0 for global average pooling, else pool size P.")]
-MaxParamsOpt = Annotated[
-    int, typer.Option(help="Parameter budget.", min=1)
-]
+MaxParamsOpt = Annotated[int, typer.Option(help="Parameter budget.", min=1)]
 
 
 @app.command()
@@ -168,3 +167,99 @@ def arch(
 
 def main() -> None:
     app()
+
+
+@app.command("train")
+def train_command(
+    preset: PresetArg = None,
+    arch_name: Annotated[str | None, typer.Option("--arch", help="Architecture preset.")] = None,
+    widths: WidthsOpt = None,
+    repeats: RepeatsOpt = None,
+    strides: StridesOpt = None,
+    kernels: KernelsOpt = None,
+    skip_kernel: SkipOpt = None,
+    stem: StemOpt = 64,
+    stem_kernel: StemKernelOpt = 3,
+    pool: PoolOpt = 0,
+    recipe: Annotated[str, typer.Option(help="Named recipe: seed or fast.")] = "fast",
+    epochs: Annotated[int | None, typer.Option(help="Override the recipe's epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Override the batch size.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Override the learning rate.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    data_dir: Annotated[str | None, typer.Option(help="CIFAR-10 folder or archive.")] = None,
+    subset: Annotated[int | None, typer.Option(help="Stratified training subset size.")] = None,
+    val_size: Annotated[int, typer.Option(help="Validation images (of 50,000).", min=0)] = 10_000,
+    seed: Annotated[int, typer.Option(help="Split and training seed.")] = 0,
+    max_params: MaxParamsOpt = DEFAULT_MAX_PARAMS,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Train one architecture with a recipe; report validation and test accuracy."""
+    from search.training import run_training
+
+    if preset is not None and arch_name is not None:
+        fail("give the architecture as an argument or with --arch, not both")
+    spec = spec_from_options(
+        preset or arch_name,
+        widths,
+        repeats,
+        strides,
+        kernels,
+        skip_kernel,
+        stem,
+        stem_kernel,
+        pool,
+    )
+    try:
+        base = get_recipe(recipe)
+        changes = {
+            k: v
+            for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr))
+            if v is not None
+        }
+        chosen = base.replace(**changes)
+        check_budget(spec, max_params)  # before any data or GPU work
+    except (KeyError, RecipeError) as e:
+        fail(str(e.args[0]) if isinstance(e, KeyError) else str(e))
+    except BudgetError as e:
+        fail(f"{spec.name or 'architecture'} is over budget: {e}", code=EXIT_OVER_BUDGET)
+
+    def show(report) -> None:
+        if not as_json:
+            console.print(
+                f"epoch {report.epoch:>3}  train loss {report.train_loss:.4f} "
+                f"acc {report.train_acc:.4f}  val loss {report.val_loss:.4f} "
+                f"acc {report.val_acc:.4f}  lr {report.lr:.4g}  {report.images_per_s:,.0f} img/s",
+                highlight=False,
+            )
+
+    try:
+        outcome = run_training(
+            spec,
+            chosen,
+            data_dir=data_dir,
+            subset=subset,
+            val_size=val_size,
+            seed=seed,
+            device=device,
+            on_epoch=show,
+        )
+    except ValueError as e:
+        fail(str(e))
+    except FileNotFoundError as e:
+        fail(str(e))
+    if as_json:
+        print(json.dumps(outcome))
+        return
+    console.print(
+        f"{outcome['status']}: val acc {outcome['final_val_acc']:.4f} "
+        f"(best {outcome['best_val_acc']:.4f}), test acc {outcome['test_acc']:.4f}, "
+        f"{outcome['params']:,} params, {outcome['train_seconds']:.1f} s training on "
+        f"{outcome['device']}",
+        highlight=False,
+    )
+    if outcome["status"] == "diverged":
+        raise typer.Exit(1)
+
+
+# Register the study commands on `app`.
+from search import cli_search  # noqa: E402,F401

@@ -266,7 +266,8 @@ def train(
 
     `resume` takes such a state and continues at its epoch + 1 exactly as if never
     interrupted (same weights, optimizer, schedule, EMA, random streams and history).
-    The model is moved to `device` in place; exceptions from the callbacks propagate.
+    The model is moved to `device` in place and, with EMA, ends holding the averaged
+    weights that were validated. Exceptions from the callbacks propagate.
     """
     device = resolve_device(device)
     cuda = device.type == "cuda"
@@ -401,6 +402,10 @@ def train(
 
     if status == "finished":
         message = f"trained {len(history)} epoch(s) of {recipe.epochs}"
+    if ema is not None and status != "diverged":
+        # The caller gets the weights that were validated, so a test pass or an export
+        # of `model` measures what the search measured.
+        model.load_state_dict(ema.averaged().state_dict())
     wall_time = sum(r.seconds for r in history)
     images = seen_per_epoch * len(history)
     return TrainResult(

@@ -1,0 +1,229 @@
+"""The Optuna objective: sample, check the budget, train, report and record.
+
+One `Objective` serves every trial of a worker process. It loads the data once, on the
+first trial that passes the budget check, so an infeasible trial never touches data or
+the GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from models import ArchSpec, build_model, count_flops, count_params
+from search.data import CifarData, prepare_data
+from search.recipe import TrainRecipe
+from search.space import SearchSpace, sample, seed_config
+from search.trainer import EpochReport, TrainResult, resolve_device, train
+from storage.checkpoints import CheckpointStore
+from storage.optuna_storage import root_trial_number
+
+log = logging.getLogger(__name__)
+
+# How a trial ended, stored as the user attribute "stopped".
+FINISHED, PRUNED, INFEASIBLE, DIVERGED, FAILED = (
+    "finished",
+    "pruned",
+    "infeasible",
+    "diverged",
+    "failed",
+)
+SEED_ATTR = "seed_config"  # user attribute of enqueued seed trials: index into space.seeds
+KEEP_BEST_WEIGHTS = 3  # final weights kept for this many best trials
+
+
+class TrialFailed(Exception):
+    """A trial that cannot produce a result (diverged, out of memory); the study goes on."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a worker needs besides the trial: the space and where data lives."""
+
+    space: SearchSpace
+    max_params: int = 5_000_000
+    device: str = "auto"
+    data_dir: str | None = None
+    subset: int | None = None
+    val_size: int = 10_000
+    seed: int = 0
+    checkpoint_dir: str | None = "checkpoints"  # None: no checkpoints, no resume
+
+
+Trainer = Callable[..., TrainResult]
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"
+
+
+class Objective:
+    """Callable objective for `study.optimize`.
+
+    Args:
+        config: The run's space, budget, device and data settings.
+        trainer: The training function; the default is `search.trainer.train`. Tests
+            pass a recording stand-in to prove infeasible trials never reach it.
+        data: Already prepared data, for tests and for callers that share one copy.
+    """
+
+    def __init__(
+        self, config: RunConfig, *, trainer: Trainer = train, data: CifarData | None = None
+    ):
+        self.config = config
+        self.trainer = trainer
+        self._data = data
+        self._device: torch.device | None = None
+
+    @property
+    def device(self) -> torch.device:
+        if self._device is None:
+            self._device = resolve_device(self.config.device)
+        return self._device
+
+    def data(self) -> CifarData:
+        if self._data is None:
+            c = self.config
+            self._data = prepare_data(
+                c.data_dir,
+                val_size=c.val_size,
+                subset=c.subset,
+                seed=c.seed,
+                device=self.device,
+            )
+        return self._data
+
+    def suggest(self, trial: optuna.Trial) -> tuple[ArchSpec, TrainRecipe, float]:
+        """Sample the trial's configuration; seed trials train the seed exactly."""
+        s = sample(trial, self.config.space, max_params=self.config.max_params)
+        index = trial.user_attrs.get(SEED_ATTR)
+        if index is not None:
+            arch, recipe = seed_config(self.config.space, int(index), s.recipe.epochs)
+            return arch, recipe, 1.0
+        return s.arch, s.recipe, s.shrink
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        c = self.config
+        arch, recipe, shrink = self.suggest(trial)
+        params = count_params(arch)
+        trial.set_user_attr("arch", arch.to_dict())
+        trial.set_user_attr("recipe", recipe.to_dict())
+        trial.set_user_attr("params", params)
+        trial.set_user_attr("flops", count_flops(arch))
+        trial.set_user_attr("width_shrink", shrink)
+        # Feasible when <= 0; the samplers learn from the sign and size.
+        trial.set_constraint("params", float(params - c.max_params))
+        if params > c.max_params:
+            trial.set_user_attr("stopped", INFEASIBLE)
+            return 0.0
+
+        device = self.device
+        trial.set_user_attr("device", _device_name(device))
+        store = self._checkpoints(trial)
+        resume = None
+        if store is not None:
+            found = store.load_latest(map_location=device)
+            if found is not None:
+                resume = found[1]
+                trial.set_user_attr("resumed_from_epoch", found[0])
+                log.info("trial %d resumes after epoch %d", trial.number, found[0])
+
+        state = {"pruned": False}
+
+        def on_epoch(report: EpochReport) -> bool:
+            trial.report(report.val_acc, report.epoch)
+            trial.set_user_attr("epochs_run", report.epoch)
+            if trial.should_prune():
+                state["pruned"] = True
+                return True
+            return False
+
+        def on_checkpoint(snapshot: dict[str, Any]) -> None:
+            store.save(int(snapshot["epoch"]), snapshot)
+
+        model = build_model(arch)
+        started = time.perf_counter()
+        try:
+            result = self.trainer(
+                model,
+                self.data(),
+                recipe,
+                device=device,
+                seed=c.seed + trial.number,
+                callback=on_epoch,
+                on_checkpoint=on_checkpoint if store else None,
+                resume=resume,
+            )
+        except torch.OutOfMemoryError as e:
+            del model
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            return self._fail(trial, FAILED, f"out of memory: {str(e).splitlines()[0]}")
+
+        trial.set_user_attr("epochs_run", result.epochs_run)
+        trial.set_user_attr("best_val_acc", result.best_val_acc)
+        trial.set_user_attr("final_val_acc", result.final_val_acc)
+        trial.set_user_attr("train_seconds", result.wall_time)
+        trial.set_user_attr("wall_seconds", time.perf_counter() - started)
+        trial.set_user_attr("images_per_s", result.images_per_s)
+        if result.status == "diverged":
+            if store is not None:
+                store.clear()
+            return self._fail(trial, DIVERGED, result.message or "non-finite loss")
+        if state["pruned"]:
+            trial.set_user_attr("stopped", PRUNED)
+            self._finish_checkpoints(trial, store, model, keep=False)
+            raise optuna.TrialPruned(f"pruned after epoch {result.epochs_run}")
+        trial.set_user_attr("stopped", FINISHED)
+        self._finish_checkpoints(trial, store, model, keep=True)
+        return result.final_val_acc
+
+    # -------------------------------------------------------------------- helpers
+
+    @staticmethod
+    def _fail(trial: optuna.Trial, why: str, message: str):
+        trial.set_user_attr("stopped", why)
+        trial.set_user_attr("fail_reason", message)
+        raise TrialFailed(f"trial {trial.number} {why}: {message}")
+
+    def _checkpoints(self, trial: optuna.Trial) -> CheckpointStore | None:
+        if self.config.checkpoint_dir is None or isinstance(trial, optuna.trial.FixedTrial):
+            return None
+        return CheckpointStore(
+            self.config.checkpoint_dir, trial.study.study_name, root_trial_number(trial)
+        )
+
+    def _finish_checkpoints(
+        self, trial: optuna.Trial, store: CheckpointStore | None, model, *, keep: bool
+    ) -> None:
+        """Drop epoch checkpoints; keep final weights only while among the best trials."""
+        if store is None:
+            return
+        if not keep:
+            store.clear()
+            return
+        store.finalize(keep_weights=True, state={"model": model.state_dict()})
+        prune_weights(trial.study, Path(self.config.checkpoint_dir), KEEP_BEST_WEIGHTS)
+
+
+def prune_weights(study: optuna.Study, root: Path, keep: int) -> None:
+    """Delete the checkpoint folders of finished trials outside the `keep` best."""
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    feasible = [t for t in done if t.user_attrs.get("stopped") == FINISHED]
+    feasible.sort(key=lambda t: t.value, reverse=True)
+    for t in feasible[keep:]:
+        CheckpointStore(root, study.study_name, root_trial_number(t)).clear()
+
+
+def catchable() -> tuple[type[Exception], ...]:
+    """Exceptions that fail one trial but let the study go on."""
+    return (TrialFailed,)

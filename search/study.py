@@ -1,0 +1,191 @@
+"""Studies: samplers, pruners, creating or resuming a study, and reading results."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections import Counter
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search.objective import FAILED, INFEASIBLE, PRUNED, SEED_ATTR
+from search.space import SearchSpace, seed_params
+
+SAMPLERS = ("tpe", "random", "cmaes", "gp")
+PRUNERS = ("median", "hyperband", "sha", "none")
+SPACE_ATTR = "space"
+FINGERPRINT_ATTR = "space_fingerprint"
+MAX_PARAMS_ATTR = "max_params"
+
+
+class StudyError(ValueError):
+    """A study cannot be created or resumed as asked."""
+
+
+def make_sampler(name: str, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    """The sampler called `name`, seeded so that the same seed gives the same trials."""
+    if name == "tpe":
+        # multivariate + group model the conditional parameters (per-stage widths exist
+        # only for the drawn stage count); constant_liar spreads parallel workers apart.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(
+                seed=seed,
+                multivariate=True,
+                group=True,
+                constant_liar=True,
+                n_startup_trials=10,
+            )
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "cmaes":
+        # CMA-ES handles the numeric parameters; categorical ones fall back to random.
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    raise StudyError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
+
+
+def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
+    """The pruner called `name`; the resource is the epoch (1 to `max_epochs`)."""
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=1, max_resource=max(max_epochs, 1), reduction_factor=3
+        )
+    if name == "sha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise StudyError(f"unknown pruner {name!r}; choose from {', '.join(PRUNERS)}")
+
+
+def open_study(
+    name: str,
+    storage: optuna.storages.BaseStorage | str,
+    space: SearchSpace,
+    *,
+    sampler: optuna.samplers.BaseSampler | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
+    max_params: int = 5_000_000,
+) -> optuna.Study:
+    """Create the study, or resume it when it exists with the same space and budget.
+
+    Only the process that creates the study enqueues the space's seed configurations,
+    so they run once however many workers join. Resuming with another space or budget
+    raises `StudyError` before anything is written.
+    """
+    try:
+        study = optuna.create_study(
+            study_name=name,
+            storage=storage,
+            sampler=sampler,
+            pruner=pruner,
+            direction="maximize",
+            load_if_exists=False,
+        )
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+        check_compatible(study, space, max_params)
+        return study
+    study.set_user_attr(SPACE_ATTR, space.to_dict())
+    study.set_user_attr(MAX_PARAMS_ATTR, max_params)
+    for i, params in enumerate(seed_params(space)):
+        study.enqueue_trial(params, user_attrs={SEED_ATTR: i})
+    # The fingerprint goes last: a worker that loads the study meanwhile waits for it.
+    study.set_user_attr(FINGERPRINT_ATTR, space.fingerprint())
+    return study
+
+
+def check_compatible(study: optuna.Study, space: SearchSpace, max_params: int) -> None:
+    attrs = study.user_attrs
+    for _ in range(50):  # the creator may still be writing its attributes
+        if FINGERPRINT_ATTR in attrs:
+            break
+        time.sleep(0.1)
+        attrs = study.user_attrs
+    else:
+        raise StudyError(
+            f"study {study.study_name!r} was not created by autosearch (no space recorded)"
+        )
+    if attrs[FINGERPRINT_ATTR] != space.fingerprint():
+        stored = attrs.get(SPACE_ATTR, {}).get("name", "?")
+        raise StudyError(
+            f"study {study.study_name!r} was created with space {stored!r} "
+            f"(fingerprint {attrs[FINGERPRINT_ATTR]}), not with space {space.name!r} "
+            f"(fingerprint {space.fingerprint()}); use another --study name or the same "
+            "space and --epochs"
+        )
+    if attrs.get(MAX_PARAMS_ATTR) != max_params:
+        raise StudyError(
+            f"study {study.study_name!r} was created with --max-params "
+            f"{attrs.get(MAX_PARAMS_ATTR)}, not {max_params}"
+        )
+
+
+def stored_space_name(study: optuna.Study) -> str | None:
+    return study.user_attrs.get(SPACE_ATTR, {}).get("name")
+
+
+# ----------------------------------------------------------------------- reading results
+
+
+def outcome(trial: FrozenTrial) -> str:
+    """complete, pruned, infeasible, failed, running or waiting."""
+    why = trial.user_attrs.get("stopped")
+    if trial.state == TrialState.COMPLETE:
+        return INFEASIBLE if why == INFEASIBLE else "complete"
+    if trial.state == TrialState.PRUNED:
+        return PRUNED
+    if trial.state == TrialState.FAIL:
+        return FAILED
+    return trial.state.name.lower()
+
+
+def count_outcomes(study: optuna.Study) -> Counter[str]:
+    return Counter(outcome(t) for t in study.get_trials(deepcopy=False))
+
+
+def finished_count(study: optuna.Study) -> int:
+    """Trials that ended one way or another (complete, pruned, infeasible or failed)."""
+    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return len(study.get_trials(deepcopy=False, states=done))
+
+
+def top_trials(study: optuna.Study, n: int = 5) -> list[FrozenTrial]:
+    """The `n` best feasible complete trials, best first."""
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if outcome(t) == "complete" and t.value is not None
+    ]
+    return sorted(done, key=lambda t: t.value, reverse=True)[:n]
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    top = top_trials(study, 1)
+    return top[0] if top else None
+
+
+def trial_summary(trial: FrozenTrial) -> dict[str, Any]:
+    """The facts a user asks about a trial, as plain JSON-able data."""
+    a = trial.user_attrs
+    return {
+        "number": trial.number,
+        "state": outcome(trial),
+        "value": trial.value,
+        "params": a.get("params"),
+        "flops": a.get("flops"),
+        "best_val_acc": a.get("best_val_acc"),
+        "final_val_acc": a.get("final_val_acc"),
+        "epochs_run": a.get("epochs_run"),
+        "train_seconds": a.get("train_seconds"),
+        "images_per_s": a.get("images_per_s"),
+        "device": a.get("device"),
+        "stopped": a.get("stopped"),
+        "arch": a.get("arch"),
+        "recipe": a.get("recipe"),
+    }

@@ -1,0 +1,59 @@
+"""One training run outside a study: data, model, trainer, then a single test pass."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from models import ArchSpec, build_model, count_flops, count_params
+from search.data import prepare_data
+from search.recipe import TrainRecipe
+from search.trainer import EpochReport, evaluate, resolve_device, train
+
+
+def run_training(
+    spec: ArchSpec,
+    recipe: TrainRecipe,
+    *,
+    data_dir: str | None = None,
+    subset: int | None = None,
+    val_size: int = 10_000,
+    seed: int = 0,
+    device: str = "auto",
+    on_epoch: Callable[[EpochReport], None] | None = None,
+) -> dict[str, Any]:
+    """Train `spec` with `recipe`, then evaluate once on the test set.
+
+    Returns a JSON-able summary: status, validation and test accuracy, params, FLOPs,
+    training seconds, images/s, the device and the per-epoch history.
+    """
+    dev = resolve_device(device)
+    data = prepare_data(data_dir, val_size=val_size, subset=subset, seed=seed, device=dev)
+    model = build_model(spec)
+
+    def callback(report: EpochReport) -> bool:
+        if on_epoch is not None:
+            on_epoch(report)
+        return False
+
+    result = train(model, data, recipe, device=dev, seed=seed, callback=callback)
+    test_loss, test_acc = evaluate(
+        model, data.test_x, data.test_y, data.mean, data.std, tta=recipe.tta, device=dev
+    )
+    return {
+        "arch": spec.to_dict(),
+        "recipe": recipe.to_dict(),
+        "params": count_params(spec),
+        "flops": count_flops(spec),
+        "status": result.status,
+        "message": result.message,
+        "best_val_acc": result.best_val_acc,
+        "final_val_acc": result.final_val_acc,
+        "test_acc": test_acc,
+        "test_loss": test_loss,
+        "epochs_run": result.epochs_run,
+        "train_seconds": result.wall_time,
+        "images_per_s": result.images_per_s,
+        "device": result.device,
+        "history": [r.to_dict() for r in result.history],
+    }

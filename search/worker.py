@@ -1,0 +1,150 @@
+"""The trial loop of one worker, with a budget shared by every worker of a study.
+
+A run's trial budget is placed in the study itself as WAITING trials with no fixed
+parameters ("slots"). Workers claim a WAITING trial atomically through the storage and
+stop when none is left, so N workers on many machines run exactly the budget, numbered
+without gaps. Parameters of a claimed slot are drawn by the sampler as usual. Trials that
+Optuna's heartbeat retry re-queues are WAITING too, so a dead worker's trial is picked up
+by whichever worker is free.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from contextlib import contextmanager
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search.objective import TrialFailed
+
+log = logging.getLogger(__name__)
+SLOT_ATTR = "budget_slot"  # system attribute marking a slot enqueued as budget
+
+
+def waiting_trials(study: optuna.Study) -> list[FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+
+
+def reserve_trials(study: optuna.Study, n: int) -> int:
+    """Make sure `n` trials wait in the study; returns how many slots were added.
+
+    Trials already waiting count toward `n`: the space's enqueued seed configurations,
+    retries of dead workers' trials, and slots left by an earlier run that stopped
+    early. So a run never does more trials than it was asked for.
+    """
+    if n < 0:
+        raise ValueError(f"the trial budget must be >= 0, got {n}")
+    missing = max(0, n - len(waiting_trials(study)))
+    for _ in range(missing):
+        study.add_trial(
+            optuna.trial.create_trial(state=TrialState.WAITING, system_attrs={SLOT_ATTR: True})
+        )
+    return missing
+
+
+def claim_trial(study: optuna.Study) -> optuna.Trial | None:
+    """Take one WAITING trial for this worker, or None when the queue is empty.
+
+    The storage's compare-and-set on the trial state makes the claim atomic across
+    processes and machines.
+    """
+    storage = study._storage
+    waiting = storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,))
+    for frozen in waiting:
+        try:
+            if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
+                return optuna.Trial(study, frozen._trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    return None
+
+
+@contextmanager
+def heartbeat(study: optuna.Study, trial: optuna.Trial):
+    """Record the trial's heartbeat every interval while the body runs."""
+    storage = study._storage
+    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    if not interval:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                storage.record_heartbeat(trial._trial_id)
+            except Exception as e:  # a database blip must not kill the trial
+                log.warning("heartbeat of trial %d failed: %s", trial.number, e)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def fail_stale(study: optuna.Study) -> None:
+    """Fail trials whose worker stopped beating; the retry callback re-queues them."""
+    if getattr(study._storage, "get_heartbeat_interval", lambda: None)():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+
+
+def run_trial(study: optuna.Study, objective, trial: optuna.Trial) -> FrozenTrial:
+    """Run `objective` on a claimed trial and tell the study how it ended.
+
+    Pruned trials are told PRUNED, `TrialFailed` ones FAIL (with the reason as a user
+    attribute) and the study goes on. Any other exception, Ctrl-C included, fails the
+    trial, so that nothing is left RUNNING, and is raised again.
+    """
+    try:
+        with heartbeat(study, trial):
+            value = objective(trial)
+    except optuna.TrialPruned:
+        return study.tell(trial, state=TrialState.PRUNED)
+    except TrialFailed as e:
+        log.warning("%s", e)
+        return study.tell(trial, state=TrialState.FAIL)
+    except BaseException as e:
+        trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:500])
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    return study.tell(trial, value)
+
+
+def run_worker(
+    study: optuna.Study,
+    objective,
+    *,
+    deadline: float | None = None,
+    max_trials: int | None = None,
+    on_trial_end: Callable[[FrozenTrial], None] | None = None,
+    stop: threading.Event | None = None,
+) -> int:
+    """Claim and run trials until the queue is empty, `deadline` passes (a time.time()
+    value), `max_trials` have run here, or `stop` is set. Returns the trials run here."""
+    done = 0
+    while max_trials is None or done < max_trials:
+        if stop is not None and stop.is_set():
+            break
+        if deadline is not None and time.time() >= deadline:
+            break
+        fail_stale(study)
+        trial = claim_trial(study)
+        if trial is None:
+            break
+        frozen = run_trial(study, objective, trial)
+        done += 1
+        if on_trial_end is not None:
+            on_trial_end(frozen)
+    return done
