@@ -68,8 +68,7 @@ def count_flops(spec: ArchSpec) -> int:
     1% of the total for every member of the family.
     """
     macs = sum(
-        layer.cin * layer.cout * layer.kernel**2 * layer.out_size**2
-        for layer in _conv_layers(spec)
+        layer.cin * layer.cout * layer.kernel**2 * layer.out_size**2 for layer in _conv_layers(spec)
     )
     macs += spec.classifier_features() * spec.num_classes
     return 2 * macs

@@ -14,9 +14,7 @@ PRESETS: dict[str, ArchSpec] = {
         name="zigzag",
     ),
     "resnet18-1111": make_spec([64, 128, 256, 512], [1, 1, 1, 1], name="resnet18-1111"),
-    "deep-narrow": make_spec(
-        [32, 64, 128, 256], [13, 9, 3, 3], stem_width=32, name="deep-narrow"
-    ),
+    "deep-narrow": make_spec([32, 64, 128, 256], [13, 9, 3, 3], stem_width=32, name="deep-narrow"),
     "resnet18": make_spec([64, 128, 256, 512], [2, 2, 2, 2], name="resnet18"),
 }
 

@@ -77,9 +77,7 @@ class ArchSpec:
     name: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
-        stages = tuple(
-            StageSpec(**s) if isinstance(s, dict) else s for s in (self.stages or ())
-        )
+        stages = tuple(StageSpec(**s) if isinstance(s, dict) else s for s in (self.stages or ()))
         object.__setattr__(self, "stages", stages)
         self.validate()
 
@@ -161,7 +159,8 @@ class ArchSpec:
     def describe(self) -> str:
         """A one-line summary: widths, repeats, kernels and strides per stage."""
         parts = [
-            f"{s.width}x{s.repeats}" + (f"/s{s.stride}" if s.stride > 1 else "")
+            f"{s.width}x{s.repeats}"
+            + (f"/s{s.stride}" if s.stride > 1 else "")
             + (f"/k{s.kernel}" if s.kernel != 3 else "")
             + (f"/sk{s.skip_kernel}" if s.skip_kernel != 1 else "")
             for s in self.stages
@@ -207,7 +206,7 @@ def make_spec(
     skips = per_stage("skip_kernels", skip_kernels, [1] * n)
     stages = tuple(
         StageSpec(width=w, repeats=r, stride=s, kernel=k, skip_kernel=sk)
-        for w, r, s, k, sk in zip(widths, repeats, strides, kernels, skips)
+        for w, r, s, k, sk in zip(widths, repeats, strides, kernels, skips, strict=True)
     )
     return ArchSpec(
         stages=stages, stem_width=stem_width, stem_kernel=stem_kernel, pool=pool, name=name

@@ -13,7 +13,15 @@ from typing import Any
 from search.augment import AugmentSpec
 
 OPTIMIZERS = (
-    "sgd", "nesterov", "asgd", "adam", "adamw", "adamax", "adagrad", "rmsprop", "adadelta",
+    "sgd",
+    "nesterov",
+    "asgd",
+    "adam",
+    "adamw",
+    "adamax",
+    "adagrad",
+    "rmsprop",
+    "adadelta",
 )
 SCHEDULES = (
     "constant",  # lr throughout

@@ -27,9 +27,7 @@ def cifar_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cifar")
     x_train, y_train = colour_images(600, seed=1)
     x_test, y_test = colour_images(200, seed=2)
-    np.savez(
-        root / "cifar10.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test
-    )
+    np.savez(root / "cifar10.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
     return root
 
 
@@ -40,6 +38,12 @@ def tiny_data(n_train: int = 64, n_val: int = 32, size: int = 8) -> CifarData:
     y = torch.from_numpy(y)
     a, b = n_train, n_train + n_val
     return CifarData(
-        train_x=x[:a], train_y=y[:a], val_x=x[a:b], val_y=y[a:b], test_x=x[b:], test_y=y[b:],
-        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+        train_x=x[:a],
+        train_y=y[:a],
+        val_x=x[a:b],
+        val_y=y[a:b],
+        test_x=x[b:],
+        test_y=y[b:],
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
     )
