@@ -117,6 +117,7 @@ class Progress:
             f"infeasible {counts['infeasible']} failed {counts['failed']} "
             f"| {best} | {elapsed}",
             highlight=False,
+            soft_wrap=True,
         )
 
 
@@ -201,6 +202,7 @@ def start(
         f"study [bold]{study}[/] space {chosen.name} ({chosen.fingerprint()}) on "
         f"{mask_url(url)}, device {objective.device}, {trials} trial(s)",
         highlight=False,
+        soft_wrap=True,
     )
     deadline = time.time() + timeout if timeout else None
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import json
+
+import optuna
+from typer.testing import CliRunner
+
+from search.cli import app
+
+runner = CliRunner()
+
+
+def start_args(cifar_dir, tmp_path, *extra):
+    return [
+        "start",
+        "--study",
+        "zigzag",
+        "--trials",
+        "4",
+        "--epochs",
+        "1",
+        "--subset",
+        "200",
+        "--val-size",
+        "100",
+        "--max-params",
+        "400000",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(cifar_dir),
+        "--storage",
+        f"sqlite:///{tmp_path}/x.db",
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+        *extra,
+    ]
+
+
+def test_start_runs_resumes_and_reports(cifar_dir, tmp_path):
+    result = runner.invoke(app, start_args(cifar_dir, tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "best trial" in result.output
+
+    url = f"sqlite:///{tmp_path}/x.db"
+    study = optuna.load_study(study_name="zigzag", storage=url)
+    assert len(study.trials) == 4
+    # the seed configurations come first; at 400k params they are infeasible
+    assert [t.user_attrs["stopped"] for t in study.trials[:3]] == ["infeasible"] * 3
+    for t in study.trials:
+        assert t.state.is_finished()
+        assert "arch" in t.user_attrs and "recipe" in t.user_attrs
+
+    again = runner.invoke(app, start_args(cifar_dir, tmp_path))
+    assert again.exit_code == 0, again.output
+    study = optuna.load_study(study_name="zigzag", storage=url)
+    assert len(study.trials) == 8
+    assert sum(t.user_attrs.get("seed_config") is not None for t in study.trials) == 3
+
+    best = runner.invoke(app, ["best", "--study", "zigzag", "--storage", url, "--json"])
+    assert best.exit_code == 0, best.output
+    data = json.loads(best.stdout)
+    assert data["params"] <= 400_000 and data["state"] == "complete"
+    assert data["value"] == max(
+        t.value for t in study.trials if t.user_attrs["stopped"] == "finished"
+    )
+
+    status = runner.invoke(app, ["status", "--study", "zigzag", "--storage", url])
+    assert status.exit_code == 0 and "infeasible 3" in status.output
+    listing = runner.invoke(app, ["studies", "--storage", url])
+    assert listing.exit_code == 0 and "zigzag" in listing.output
+
+
+def test_resuming_with_another_space_is_refused_and_writes_nothing(cifar_dir, tmp_path):
+    assert runner.invoke(app, start_args(cifar_dir, tmp_path)).exit_code == 0
+    url = f"sqlite:///{tmp_path}/x.db"
+    args = start_args(cifar_dir, tmp_path)
+    args[args.index("--epochs") + 1] = "2"
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert "created with space" in result.stderr
+    assert len(optuna.load_study(study_name="zigzag", storage=url).trials) == 4
+
+
+def test_bad_options_fail_with_one_line(cifar_dir, tmp_path):
+    for extra, word in (
+        (["--sampler", "bayes"], "'bayes'"),
+        (["--pruner", "never"], "'never'"),
+        (["--device", "tpu"], "'tpu'"),
+    ):
+        result = runner.invoke(app, start_args(cifar_dir, tmp_path, *extra))
+        assert result.exit_code == 2, result.output
+        assert word in result.stderr
+    result = runner.invoke(app, ["start", "--study", "mine", "--storage", f"{tmp_path}/y.db"])
+    assert result.exit_code == 2 and "--preset" in result.stderr
+    result = runner.invoke(app, ["best", "--study", "nope", "--storage", f"{tmp_path}/y.db"])
+    assert result.exit_code == 2 and "no study named 'nope'" in result.stderr
