@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from search.data import CifarData, prepare_data
 from search.recipe import TrainRecipe
 from search.space import SearchSpace, sample, seed_config
 from search.trainer import EpochReport, TrainResult, resolve_device, train
-from storage.checkpoints import CheckpointStore
+from storage.checkpoints import CheckpointStore, prune_finished
 from storage.optuna_storage import root_trial_number
 
 log = logging.getLogger(__name__)
@@ -129,17 +130,17 @@ class Objective:
         device = self.device
         trial.set_user_attr("device", _device_name(device))
         store = self._checkpoints(trial)
-        resume = None
-        if store is not None:
-            found = store.load_latest(map_location=device)
-            if found is not None:
-                resume = found[1]
-                trial.set_user_attr("resumed_from_epoch", found[0])
-                log.info("trial %d resumes after epoch %d", trial.number, found[0])
+        # A retry trains with its chain's first number: the same seed, the same run.
+        root = store.key if store is not None else root_trial_number(trial)
+        resume = self._resume_state(trial, store, recipe) if store is not None else None
 
-        state = {"pruned": False}
+        state = {"pruned": False, "first": True}
 
         def on_epoch(report: EpochReport) -> bool:
+            if state["first"]:
+                # The first epoch trained by this trial, as opposed to inherited ones.
+                trial.set_user_attr("first_epoch", report.epoch)
+                state["first"] = False
             trial.report(report.val_acc, report.epoch)
             trial.set_user_attr("epochs_run", report.epoch)
             if trial.should_prune():
@@ -158,7 +159,7 @@ class Objective:
                 self.data(),
                 recipe,
                 device=device,
-                seed=c.seed + trial.number,
+                seed=c.seed + root,
                 callback=on_epoch,
                 on_checkpoint=on_checkpoint if store else None,
                 resume=resume,
@@ -167,6 +168,8 @@ class Objective:
             del model
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+            if store is not None:
+                store.clear()
             return self._fail(trial, FAILED, f"out of memory: {str(e).splitlines()[0]}")
 
         trial.set_user_attr("epochs_run", result.epochs_run)
@@ -188,6 +191,40 @@ class Objective:
         return result.final_val_acc
 
     # -------------------------------------------------------------------- helpers
+
+    @staticmethod
+    def _resume_state(
+        trial: optuna.Trial, store: CheckpointStore, recipe: TrainRecipe
+    ) -> dict[str, Any] | None:
+        """The newest valid checkpoint of this trial's chain, or None to start afresh.
+
+        Damaged files are skipped (and named in the "skipped_checkpoints" attribute).
+        Epochs the checkpoint holds but the trial never reported (the worker died
+        between writing the checkpoint and reporting) are reported now, so the curve
+        has no gap; epochs already reported are left alone, so it has no duplicate.
+        """
+        found = store.load_latest(map_location="cpu")
+        if store.skipped:
+            trial.set_user_attr("skipped_checkpoints", store.skipped)
+        if found is None:
+            return None
+        epoch, resume = found
+        if resume.get("recipe") != recipe.to_dict():
+            # Same folder, different run: a study of the same name made earlier.
+            log.warning(
+                "trial %d: checkpoint of another recipe in %s; starting afresh",
+                trial.number,
+                store.folder,
+            )
+            store.clear()
+            return None
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is already reported")
+            for r in resume.get("history", []):
+                trial.report(float(r["val_acc"]), int(r["epoch"]))
+        trial.set_user_attr("resumed_from_epoch", epoch)
+        log.info("trial %d resumes after epoch %d", trial.number, epoch)
+        return resume
 
     @staticmethod
     def _fail(trial: optuna.Trial, why: str, message: str):
@@ -216,12 +253,21 @@ class Objective:
 
 
 def prune_weights(study: optuna.Study, root: Path, keep: int) -> None:
-    """Delete the checkpoint folders of finished trials outside the `keep` best."""
-    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    feasible = [t for t in done if t.user_attrs.get("stopped") == FINISHED]
+    """Keep the checkpoint folders of live trials and of the `keep` best; delete the rest.
+
+    Live means WAITING or RUNNING: a running trial's epochs, and a queued retry's
+    predecessor's epochs it will resume from. Everything else is finished, so disk use
+    stays bounded by the live trials plus `keep` final weights, whatever the study's size.
+    """
+    states = optuna.trial.TrialState
+    trials = study.get_trials(deepcopy=False)
+    live = {root_trial_number(t) for t in trials if t.state in (states.WAITING, states.RUNNING)}
+    feasible = [
+        t for t in trials if t.state == states.COMPLETE and t.user_attrs.get("stopped") == FINISHED
+    ]
     feasible.sort(key=lambda t: t.value, reverse=True)
-    for t in feasible[keep:]:
-        CheckpointStore(root, study.study_name, root_trial_number(t)).clear()
+    best = {root_trial_number(t) for t in feasible[:keep]}
+    prune_finished(root, study.study_name, live | best)
 
 
 def catchable() -> tuple[type[Exception], ...]:

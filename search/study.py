@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections import Counter
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import optuna
@@ -18,6 +19,7 @@ PRUNERS = ("median", "hyperband", "sha", "none")
 SPACE_ATTR = "space"
 FINGERPRINT_ATTR = "space_fingerprint"
 MAX_PARAMS_ATTR = "max_params"
+RUN_ATTR = "run_settings"
 
 
 class StudyError(ValueError):
@@ -124,6 +126,59 @@ def check_compatible(study: optuna.Study, space: SearchSpace, max_params: int) -
             f"study {study.study_name!r} was created with --max-params "
             f"{attrs.get(MAX_PARAMS_ATTR)}, not {max_params}"
         )
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What every worker of a study must agree on, stored on the study by `start`.
+
+    A worker that joins with `autosearch worker` reads these, so it needs only
+    machine-local flags (data folder, GPUs, checkpoint folder).
+    """
+
+    sampler: str = "tpe"
+    pruner: str = "median"
+    seed: int = 0  # worker i samples with seed + i; trials train with seed + trial number
+    subset: int | None = None  # stratified training subset; None: all 50,000 images
+    val_size: int = 10_000
+    heartbeat_interval: int = 30  # s between heartbeats of a running trial
+    grace_period: int = 120  # s without a heartbeat before a trial counts as dead
+    deadline: float | None = None  # time.time() after which no worker starts a trial
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise StudyError(f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
+        if self.pruner not in PRUNERS:
+            raise StudyError(f"unknown pruner {self.pruner!r}; choose from {', '.join(PRUNERS)}")
+        if self.grace_period <= self.heartbeat_interval:
+            raise StudyError(
+                f"grace period {self.grace_period} s must exceed the heartbeat interval "
+                f"{self.heartbeat_interval} s, or live trials would be failed as dead"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunSettings:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def store_run_settings(study: optuna.Study, settings: RunSettings) -> None:
+    """Record the settings of this run; the latest `start` of a study defines them."""
+    study.set_user_attr(RUN_ATTR, settings.to_dict())
+
+
+def load_run_settings(study: optuna.Study) -> RunSettings:
+    """The settings `start` stored on `study`; `StudyError` if there are none."""
+    data = study.user_attrs.get(RUN_ATTR)
+    if data is None:
+        raise StudyError(
+            f"study {study.study_name!r} holds no run settings; run `autosearch start "
+            f"--study {study.study_name}` once before joining workers to it"
+        )
+    return RunSettings.from_dict(data)
 
 
 def stored_space_name(study: optuna.Study) -> str | None:

@@ -7,7 +7,13 @@ from storage.checkpoints import (
     prune_finished,
     read_checkpoint,
 )
-from storage.optuna_storage import StorageError, make_storage, root_trial_number
+from storage.optuna_storage import (
+    ResilientRDBStorage,
+    StorageError,
+    is_transient,
+    make_storage,
+    root_trial_number,
+)
 from storage.urls import (
     DEFAULT_DB_FILE,
     StorageURLError,
@@ -22,10 +28,12 @@ __all__ = [
     "DEFAULT_ROOT",
     "CheckpointError",
     "CheckpointStore",
+    "ResilientRDBStorage",
     "StorageError",
     "StorageURLError",
     "is_postgres",
     "is_sqlite",
+    "is_transient",
     "make_storage",
     "mask_url",
     "prune_finished",

@@ -162,6 +162,8 @@ class CheckpointStore:
         self.key = key
         self.keep = keep
         self.folder = self.root / self.study_name / key_name(key)
+        # Files the last `load_latest` refused, with the reason: a caller records them.
+        self.skipped: list[str] = []
 
     def __repr__(self) -> str:
         return f"CheckpointStore({str(self.folder)!r}, keep={self.keep})"
@@ -206,15 +208,18 @@ class CheckpointStore:
         it. Temporary files left by a dead writer are removed.
         """
         self._sweep_temp()
+        self.skipped = []
         for epoch in reversed(self.epochs()):
             path = self.path(epoch)
             try:
                 stored_epoch, state = read_checkpoint(path, map_location)
             except (CheckpointError, OSError) as e:
                 log.warning("skipping checkpoint %s: %s", path, e)
+                self.skipped.append(f"{path.name}: {e}")
                 continue
             if stored_epoch != epoch:
                 log.warning("skipping checkpoint %s: holds epoch %d", path, stored_epoch)
+                self.skipped.append(f"{path.name}: holds epoch {stored_epoch}")
                 continue
             return epoch, state
         return None

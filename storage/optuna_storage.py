@@ -9,9 +9,13 @@ which is the key under which `storage.checkpoints` keeps that trial's epochs.
 
 from __future__ import annotations
 
+import functools
+import logging
+import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
 from optuna.exceptions import ExperimentalWarning
@@ -19,7 +23,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
 from storage.urls import is_postgres, is_sqlite, mask_url, resolve_url
 
@@ -28,6 +32,11 @@ PG_MAX_OVERFLOW = 1  # connections a worker may open beyond `pool_size` under a 
 PG_POOL_RECYCLE_S = 1800  # reopen connections older than this; outlives idle-kill proxies
 PG_POOL_TIMEOUT_S = 30  # wait for a free pooled connection before raising
 PG_CONNECT_TIMEOUT_S = 10  # a wrong host fails in seconds, not after the TCP default
+DB_RETRY_S = 300.0  # how long one storage call keeps retrying through a database outage
+_BACKOFF_FIRST_S, _BACKOFF_MAX_S = 0.25, 5.0  # doubling waits between retries
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 class StorageError(RuntimeError):
@@ -60,22 +69,36 @@ def _engine_kwargs(url: str, pool_size: int) -> dict[str, Any]:
 
 
 def _use_wal(engine: Engine) -> None:
-    """Put every connection of `engine`, present and future, in WAL mode.
+    """Put every connection of `engine`, present and future, in WAL mode, and make each
+    transaction take the write lock when it begins.
 
     WAL lets readers (the dashboard, other workers sampling) proceed while one worker
     writes; synchronous=NORMAL is durable against a process crash in WAL mode, which is
     the failure we guard against, and spares an fsync per commit. WAL needs a local
     filesystem: put the database file on local disk, not NFS.
+
+    Python's sqlite3 starts a transaction only at the first write, so Optuna's
+    read-then-write claim of a WAITING trial is not atomic across processes: two
+    workers could both read WAITING and both mark it RUNNING. ``BEGIN IMMEDIATE``
+    takes the lock before the read; other writers wait for it under the busy timeout.
+    Transactions are milliseconds long, so serialising them costs little for a few
+    local workers.
     """
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        # Autocommit at the driver level: the "begin" hook below opens transactions.
+        dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
         finally:
             cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     # RDBStorage already opened a connection (table creation) before the listener existed;
     # dropping the pool makes the next checkout a fresh connection that runs the pragmas.
@@ -92,6 +115,101 @@ def _reason(error: BaseException, password: str | None) -> str:
     return text
 
 
+def is_transient(error: BaseException) -> bool:
+    """Whether `error` (or what it wraps) is a lost or refused connection or a lock wait
+    that ran out: failures that a later attempt of the same call can get past."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, (OperationalError, InterfaceError)):
+            return True
+        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _retrying(method: Callable[..., _T]) -> Callable[..., _T]:
+    @functools.wraps(method)
+    def call(self: ResilientRDBStorage, *args: Any, **kwargs: Any) -> _T:
+        give_up = time.monotonic() + self.db_retry_s
+        wait = _BACKOFF_FIRST_S
+        failures = 0
+        while True:
+            try:
+                result = method(self, *args, **kwargs)
+            except Exception as e:
+                if not is_transient(e) or time.monotonic() + wait > give_up:
+                    raise
+                failures += 1
+                if failures == 1:
+                    log.warning(
+                        "storage call %s failed (%s); retrying for up to %.0f s",
+                        method.__name__,
+                        _reason(e, getattr(self, "_password", None)),
+                        self.db_retry_s,
+                    )
+                time.sleep(wait)
+                wait = min(2 * wait, _BACKOFF_MAX_S)
+                continue
+            if failures:
+                log.warning("storage call %s succeeded after %d retries", method.__name__, failures)
+            return result
+
+    return call
+
+
+class ResilientRDBStorage(RDBStorage):
+    """`RDBStorage` whose calls survive a database restart or a busy SQLite file.
+
+    Each call that fails with a lost connection, a refused connection or a lock timeout
+    is run again, with waits doubling from 0.25 s to 5 s, for up to `db_retry_s`
+    seconds; the pool's pre-ping replaces the dead connections. Only the innermost
+    methods (those that `optuna.storages._CachedStorage` calls) retry, so one failure
+    is never retried twice over. The heartbeat is not retried: the heartbeat thread
+    writes again one interval later anyway.
+
+    A write whose commit reached the server but whose reply was lost is run twice.
+    For the state change that claims a trial, the second run finds the trial RUNNING
+    and reports the claim as lost, so the trial stays RUNNING with no heartbeat and is
+    never failed as stale; this needs the connection to drop in the instant between
+    commit and reply, and is left as a known, rare gap.
+    """
+
+    def __init__(self, *args: Any, db_retry_s: float = DB_RETRY_S, **kwargs: Any) -> None:
+        self.db_retry_s = db_retry_s
+        super().__init__(*args, **kwargs)
+        self._password = make_url(self.url).password
+
+    # Leaf methods only: the public wrappers around them (create_new_trial,
+    # get_all_trials, set_trial_param, get_best_trial) call these.
+    create_new_study = _retrying(RDBStorage.create_new_study)
+    delete_study = _retrying(RDBStorage.delete_study)
+    set_study_user_attr = _retrying(RDBStorage.set_study_user_attr)
+    set_study_system_attr = _retrying(RDBStorage.set_study_system_attr)
+    get_study_id_from_name = _retrying(RDBStorage.get_study_id_from_name)
+    get_study_name_from_id = _retrying(RDBStorage.get_study_name_from_id)
+    get_study_directions = _retrying(RDBStorage.get_study_directions)
+    get_study_user_attrs = _retrying(RDBStorage.get_study_user_attrs)
+    get_study_system_attrs = _retrying(RDBStorage.get_study_system_attrs)
+    get_trial_user_attrs = _retrying(RDBStorage.get_trial_user_attrs)
+    get_trial_system_attrs = _retrying(RDBStorage.get_trial_system_attrs)
+    get_all_studies = _retrying(RDBStorage.get_all_studies)
+    _create_new_trial = _retrying(RDBStorage._create_new_trial)
+    _set_trial_param = _retrying(RDBStorage._set_trial_param)
+    get_trial_param = _retrying(RDBStorage.get_trial_param)
+    set_trial_state_values = _retrying(RDBStorage.set_trial_state_values)
+    set_trial_intermediate_value = _retrying(RDBStorage.set_trial_intermediate_value)
+    set_trial_user_attr = _retrying(RDBStorage.set_trial_user_attr)
+    set_trial_system_attr = _retrying(RDBStorage.set_trial_system_attr)
+    get_trial_id_from_study_id_trial_number = _retrying(
+        RDBStorage.get_trial_id_from_study_id_trial_number
+    )
+    get_trial = _retrying(RDBStorage.get_trial)
+    _get_trials = _retrying(RDBStorage._get_trials)
+    _get_best_trial_id = _retrying(RDBStorage._get_best_trial_id)
+    _get_stale_trial_ids = _retrying(RDBStorage._get_stale_trial_ids)
+
+
 def make_storage(
     url: str | None = None,
     *,
@@ -99,6 +217,7 @@ def make_storage(
     grace_period: int | None = 120,
     max_retry: int | None = 1,
     pool_size: int = 2,
+    db_retry_s: float = DB_RETRY_S,
 ) -> RDBStorage:
     """Open (creating tables if needed) the Optuna storage at `url`.
 
@@ -122,9 +241,11 @@ def make_storage(
         max_retry: How many times a dead worker's trial is queued again with the same
             parameters; None disables retries.
         pool_size: Persistent PostgreSQL connections per worker process.
+        db_retry_s: How long a storage call retries through lost connections and lock
+            timeouts (a database restart) before it raises; 0 disables retrying.
 
     Returns:
-        The storage, ready for `optuna.create_study(storage=...)`.
+        A `ResilientRDBStorage`, ready for `optuna.create_study(storage=...)`.
 
     Raises:
         StorageURLError: `url` is not a storage URL.
@@ -144,6 +265,8 @@ def make_storage(
             )
     if pool_size < 1:
         raise ValueError(f"pool_size={pool_size} must be at least 1")
+    if db_retry_s < 0:
+        raise ValueError(f"db_retry_s={db_retry_s} must be non-negative")
 
     sqlite = is_sqlite(resolved)
     wal = sqlite and not _sqlite_is_memory(resolved)
@@ -168,8 +291,9 @@ def make_storage(
         with warnings.catch_warnings():
             # Heartbeats are an experimental Optuna feature that we choose knowingly.
             warnings.simplefilter("ignore", ExperimentalWarning)
-            storage = RDBStorage(
+            storage = ResilientRDBStorage(
                 resolved,
+                db_retry_s=db_retry_s,
                 engine_kwargs=_engine_kwargs(resolved, pool_size),
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period if heartbeat_interval is not None else None,
