@@ -263,3 +263,4 @@ def train_command(
 
 # Register the study commands on `app`.
 from search import cli_search  # noqa: E402,F401
+from search import cli_results  # noqa: E402,F401

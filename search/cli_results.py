@@ -1,0 +1,180 @@
+"""`autosearch dashboard`, `report`, `export` and `evaluate`: looking at and using results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from search.cli import app, console, err_console, fail
+from search.cli_search import StorageOpt, StudyOpt, load_existing, open_storage
+from search.study import MAX_PARAMS_ATTR, top_trials
+from storage.urls import StorageURLError, mask_url, resolve_url
+
+DASHBOARD_HINT = "pip install 'autosearch[dashboard]'"
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _read_only_storage(url: str | None):
+    # Reading results needs no heartbeats and must never retry somebody's trial.
+    return open_storage(url, heartbeat_interval=None, max_retry=None)
+
+
+@app.command()
+def dashboard(
+    storage: StorageOpt = None,
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8080,
+    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 opens it up.")] = "127.0.0.1",
+) -> None:
+    """Serve optuna-dashboard on the study storage (localhost only by default)."""
+    try:
+        import optuna_dashboard
+    except ImportError:
+        fail(f"optuna-dashboard is not installed; install it with: {DASHBOARD_HINT}")
+    try:
+        url = resolve_url(storage)
+    except StorageURLError as e:
+        fail(str(e))
+    rdb = _read_only_storage(url)
+    if host not in LOCAL_HOSTS:
+        err_console.print(
+            f"warning: binding {host}; anyone who reaches this machine can read the studies",
+            highlight=False,
+        )
+    console.print(
+        f"optuna-dashboard for {mask_url(url)} on http://{host}:{port}/dashboard (Ctrl-C to stop)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    try:
+        optuna_dashboard.run_server(rdb, host=host, port=port)
+    except OSError as e:
+        fail(f"cannot serve on {host}:{port}: {e.strerror or e}")
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def report(
+    study: StudyOpt,
+    out: Annotated[Path, typer.Option(help="HTML file to write.")] = Path("report.html"),
+    storage: StorageOpt = None,
+    top: Annotated[int, typer.Option(help="Trials in the top table.", min=1)] = 10,
+) -> None:
+    """Write one self-contained HTML report of a study (opens with no network)."""
+    from search.report import write_report
+
+    s = load_existing(study, _read_only_storage(storage))
+    try:
+        path = write_report(s, out, top=top)
+    except OSError as e:
+        fail(f"cannot write {out}: {e.strerror or e}")
+    size = path.stat().st_size / 1e6
+    console.print(f"wrote {path} ({size:.1f} MB, {len(s.trials)} trials)", highlight=False)
+
+
+@app.command()
+def export(
+    study: StudyOpt,
+    out: Annotated[Path, typer.Option(help="Export folder.")],
+    storage: StorageOpt = None,
+    trial: Annotated[int | None, typer.Option(help="Trial number (default: the best).")] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Epochs instead of the trial's.", min=1)
+    ] = None,
+    seeds: Annotated[int, typer.Option(help="Training runs; the first is saved.", min=1)] = 1,
+    val_size: Annotated[
+        int, typer.Option(help="Validation images held out (0: train on all 50,000).", min=0)
+    ] = 0,
+    subset: Annotated[int | None, typer.Option(help="Stratified training subset size.")] = None,
+    seed: Annotated[int, typer.Option(help="Split seed; run i trains with seed + i.")] = 0,
+    data_dir: Annotated[str | None, typer.Option(help="CIFAR-10 folder or archive.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    force: Annotated[bool, typer.Option(help="Replace an existing export.")] = False,
+) -> None:
+    """Retrain the best trial on the full training set, test once and save it."""
+    from search.export import ExportError, export_trial
+
+    s = load_existing(study, _read_only_storage(storage))
+    if trial is None:
+        top = top_trials(s, 1)
+        if not top:
+            fail(f"study {study!r} has no complete trial within its budget to export", code=1)
+        chosen = top[0]
+    else:
+        numbers = {t.number: t for t in s.get_trials(deepcopy=False)}
+        if trial not in numbers:
+            fail(f"study {study!r} has no trial {trial}; trials are 0 to {len(numbers) - 1}")
+        chosen = numbers[trial]
+    console.print(
+        f"exporting trial {chosen.number} of {study} (search val acc {chosen.value}) to {out}",
+        highlight=False,
+    )
+
+    def show(i: int, r) -> None:
+        val = "" if r.val_acc != r.val_acc else f"  val acc {r.val_acc:.4f}"  # NaN: no val
+        console.print(
+            f"seed {seed + i} epoch {r.epoch:>3}  train loss {r.train_loss:.4f} "
+            f"acc {r.train_acc:.4f}{val}  {r.images_per_s:,.0f} img/s",
+            highlight=False,
+        )
+
+    try:
+        info = export_trial(
+            chosen,
+            out,
+            study_name=study,
+            max_params=int(s.user_attrs.get(MAX_PARAMS_ATTR, 5_000_000)),
+            data_dir=data_dir,
+            subset=subset,
+            val_size=val_size,
+            seed=seed,
+            epochs=epochs,
+            seeds=seeds,
+            device=device,
+            overwrite=force,
+            on_epoch=show,
+        )
+    except (ExportError, ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    line = f"test acc {info['test_acc']:.4f}"
+    if seeds > 1:
+        line += f" (saved seed {seed}; mean {info['test_acc_mean']:.4f} "
+        line += f"+/- {info['test_acc_std']:.4f} over {seeds} seeds)"
+    if info["val_acc"] is not None:
+        line += f", val acc {info['val_acc']:.4f}"
+    console.print(f"{line}, {info['params']:,} params -> {out}", highlight=False)
+
+
+@app.command("evaluate")
+def evaluate_command(
+    folder: Annotated[Path, typer.Argument(help="Export folder.")],
+    data_dir: Annotated[str | None, typer.Option(help="CIFAR-10 folder or archive.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Rebuild an exported model, check it and measure its test accuracy again.
+
+    Exits 1 when the accuracy differs from the recorded one.
+    """
+    from search.export import ExportError, evaluate_export
+
+    try:
+        result = evaluate_export(folder, data_dir=data_dir, device=device)
+    except (ExportError, ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    if as_json:
+        print(json.dumps(result))
+    else:
+        verdict = "reproduced" if result["match"] else "DIFFERS from"
+        console.print(
+            f"test acc {result['test_acc']:.4f} on {result['test_images']:,} images, "
+            f"{verdict} the recorded {result['recorded_test_acc']:.4f} "
+            f"({result['params']:,} params, {result['device']}; exported on "
+            f"{result['recorded_device']})",
+            highlight=False,
+        )
+    if not result["match"]:
+        raise typer.Exit(1)
