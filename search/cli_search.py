@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Annotated
 
 import optuna
@@ -13,6 +14,7 @@ from rich.table import Table
 
 from models import DEFAULT_MAX_PARAMS, ArchSpec
 from search.cli import app, console, fail
+from search.launcher import LaunchError, Slot, parse_gpus, plan_slots, visible_gpus
 from search.objective import Objective, RunConfig
 from search.space import (
     SPACES,
@@ -27,14 +29,17 @@ from search.study import (
     PRUNERS,
     SAMPLERS,
     SPACE_ATTR,
+    RunSettings,
     StudyError,
     count_outcomes,
     make_pruner,
     make_sampler,
     open_study,
+    store_run_settings,
     top_trials,
     trial_summary,
 )
+from search.trainer import resolve_device
 from search.worker import reserve_trials, run_worker
 from storage.optuna_storage import StorageError, make_storage
 from storage.urls import StorageURLError, mask_url, resolve_url
@@ -43,6 +48,23 @@ StudyOpt = Annotated[str, typer.Option("--study", help="Study name.")]
 StorageOpt = Annotated[
     str | None,
     typer.Option(help="SQLAlchemy URL (default: $AUTOSEARCH_STORAGE or ./autosearch.db)."),
+]
+# Options that place workers on this machine; `start` and `worker` share them.
+GpusOpt = Annotated[
+    str | None, typer.Option(help="Launch workers on these GPUs: all, or indices like 0,1,3.")
+]
+PerGpuOpt = Annotated[
+    str, typer.Option(help="Worker processes per GPU: a number, or auto (see README).")
+]
+WorkersOpt = Annotated[int, typer.Option(help="CPU worker processes (without --gpus).", min=1)]
+RestartsOpt = Annotated[
+    int, typer.Option(help="Restarts of a crashed worker before it is given up.", min=0)
+]
+LogDirOpt = Annotated[str, typer.Option(help="Folder of the launched workers' logs.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")]
+DataDirOpt = Annotated[str | None, typer.Option(help="CIFAR-10 folder or archive.")]
+CheckpointOpt = Annotated[
+    str, typer.Option(help="Per-epoch checkpoints; share it between machines to resume there.")
 ]
 
 
@@ -153,24 +175,43 @@ def start(
     ] = None,
     subset: Annotated[int | None, typer.Option(help="Stratified training subset size.")] = None,
     val_size: Annotated[int, typer.Option(help="Validation images (of 50,000).", min=0)] = 10_000,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
-    data_dir: Annotated[str | None, typer.Option(help="CIFAR-10 folder or archive.")] = None,
+    device: DeviceOpt = "auto",
+    data_dir: DataDirOpt = None,
     storage: StorageOpt = None,
     seed: Annotated[int, typer.Option(help="Sampler and training seed.")] = 0,
     sampler: Annotated[str, typer.Option(help="|".join(SAMPLERS))] = "tpe",
     pruner: Annotated[str, typer.Option(help="|".join(PRUNERS))] = "median",
     max_params: Annotated[int, typer.Option(help="Parameter budget.", min=1)] = DEFAULT_MAX_PARAMS,
-    checkpoint_dir: Annotated[str, typer.Option(help="Per-epoch checkpoints.")] = "checkpoints",
+    checkpoint_dir: CheckpointOpt = "checkpoints",
     heartbeat: Annotated[int, typer.Option(help="Heartbeat interval, s.", min=1)] = 30,
     grace: Annotated[
         int, typer.Option(help="Seconds without heartbeat before a trial is dead.")
     ] = 120,
+    gpus: GpusOpt = None,
+    workers_per_gpu: PerGpuOpt = "1",
+    workers: WorkersOpt = 1,
+    max_restarts: RestartsOpt = 3,
+    log_dir: LogDirOpt = "logs",
 ) -> None:
-    """Create or resume a study and run trials in this process."""
+    """Create or resume a study and run its trials: in this process, or in worker
+    processes with --workers N (CPU) or --gpus G --workers-per-gpu K."""
     url = resolve_url_or_fail(storage)
     rdb = open_storage(url, heartbeat_interval=heartbeat, grace_period=grace)
     chosen = with_epochs(choose_space(study, preset, space, rdb), epochs)
+    launching = gpus is not None or workers > 1
+    if gpus is not None and workers > 1:
+        fail("give --gpus (with --workers-per-gpu) or --workers (CPU workers), not both")
     try:
+        settings = RunSettings(
+            sampler=sampler,
+            pruner=pruner,
+            seed=seed,
+            subset=subset,
+            val_size=val_size,
+            heartbeat_interval=heartbeat,
+            grace_period=grace,
+            deadline=time.time() + timeout if timeout else None,
+        )
         max_epochs = chosen.recipe.epochs[1]
         the_study = open_study(
             study,
@@ -182,6 +223,21 @@ def start(
         )
     except StudyError as e:
         fail(str(e))
+    if launching:
+        from search.cli_worker import launch_workers
+
+        slots = plan_or_fail(gpus, workers_per_gpu, workers)
+        if gpus is None:
+            try:
+                resolve_device(device)  # a bad --device fails here, not in every worker
+            except ValueError as e:
+                fail(str(e))
+        store_run_settings(the_study, settings)
+        reserve_trials(the_study, trials)
+        local = local_worker_args(study, device, data_dir, checkpoint_dir)
+        launch_workers(the_study, url, slots, local, Path(log_dir) / study, max_restarts)
+        return
+    store_run_settings(the_study, settings)
     config = RunConfig(
         space=chosen,
         max_params=max_params,
@@ -204,18 +260,40 @@ def start(
         highlight=False,
         soft_wrap=True,
     )
-    deadline = time.time() + timeout if timeout else None
+    work_here(the_study, objective, settings.deadline)
+    print_best(the_study)
+
+
+def work_here(study: optuna.Study, objective: Objective, deadline: float | None) -> None:
+    """Run trials in this process until the study's queue is empty or `deadline`."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        run_worker(the_study, objective, deadline=deadline, on_trial_end=Progress(the_study))
+        run_worker(study, objective, deadline=deadline, on_trial_end=Progress(study))
     except KeyboardInterrupt:
         console.print("interrupted: the running trial was marked failed", highlight=False)
-        print_best(the_study)
+        print_best(study)
         raise typer.Exit(130) from None
     except Exception as e:  # data not found and the like: one line, no traceback
         fail(f"{type(e).__name__}: {e}")
-    print_best(the_study)
+
+
+def plan_or_fail(gpus: str | None, per_gpu: str, workers: int) -> list[Slot]:
+    try:
+        chosen = parse_gpus(gpus, visible_gpus()) if gpus is not None else None
+        return plan_slots(chosen, per_gpu, workers)
+    except LaunchError as e:
+        fail(str(e))
+
+
+def local_worker_args(
+    study: str, device: str, data_dir: str | None, checkpoint_dir: str
+) -> list[str]:
+    """The flags of `autosearch worker` that are this machine's business."""
+    args = ["--study", study, "--device", device, "--checkpoint-dir", checkpoint_dir]
+    if data_dir is not None:
+        args += ["--data-dir", data_dir]
+    return args
 
 
 def resolve_url_or_fail(url: str | None) -> str:
@@ -281,3 +359,7 @@ def best(
         print(json.dumps(trial_summary(top[0])))
     else:
         print_best(s)
+
+
+# Register `autosearch worker`.
+from search import cli_worker  # noqa: E402,F401

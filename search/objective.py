@@ -8,6 +8,7 @@ the GPU.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -187,7 +188,7 @@ class Objective:
             self._finish_checkpoints(trial, store, model, keep=False)
             raise optuna.TrialPruned(f"pruned after epoch {result.epochs_run}")
         trial.set_user_attr("stopped", FINISHED)
-        self._finish_checkpoints(trial, store, model, keep=True)
+        self._finish_checkpoints(trial, store, model, keep=True, value=result.final_val_acc)
         return result.final_val_acc
 
     # -------------------------------------------------------------------- helpers
@@ -240,7 +241,13 @@ class Objective:
         )
 
     def _finish_checkpoints(
-        self, trial: optuna.Trial, store: CheckpointStore | None, model, *, keep: bool
+        self,
+        trial: optuna.Trial,
+        store: CheckpointStore | None,
+        model,
+        *,
+        keep: bool,
+        value: float = math.nan,
     ) -> None:
         """Drop epoch checkpoints; keep final weights only while among the best trials."""
         if store is None:
@@ -249,25 +256,41 @@ class Objective:
             store.clear()
             return
         store.finalize(keep_weights=True, state={"model": model.state_dict()})
-        prune_weights(trial.study, Path(self.config.checkpoint_dir), KEEP_BEST_WEIGHTS)
+        prune_weights(
+            trial.study,
+            Path(self.config.checkpoint_dir),
+            KEEP_BEST_WEIGHTS,
+            finishing=(store.key, value),
+        )
 
 
-def prune_weights(study: optuna.Study, root: Path, keep: int) -> None:
+def prune_weights(
+    study: optuna.Study,
+    root: Path,
+    keep: int,
+    finishing: tuple[int, float] | None = None,
+) -> None:
     """Keep the checkpoint folders of live trials and of the `keep` best; delete the rest.
 
     Live means WAITING or RUNNING: a running trial's epochs, and a queued retry's
-    predecessor's epochs it will resume from. Everything else is finished, so disk use
-    stays bounded by the live trials plus `keep` final weights, whatever the study's size.
+    predecessor's epochs it will resume from. `finishing` is the (root number, value)
+    of the trial calling this, still RUNNING in the study but done training; it is
+    ranked with the finished ones. Disk use stays bounded by the live trials plus
+    `keep` final weights, whatever the study's size.
     """
     states = optuna.trial.TrialState
     trials = study.get_trials(deepcopy=False)
     live = {root_trial_number(t) for t in trials if t.state in (states.WAITING, states.RUNNING)}
-    feasible = [
-        t for t in trials if t.state == states.COMPLETE and t.user_attrs.get("stopped") == FINISHED
+    ranked = [
+        (t.value, root_trial_number(t))
+        for t in trials
+        if t.state == states.COMPLETE and t.user_attrs.get("stopped") == FINISHED
     ]
-    feasible.sort(key=lambda t: t.value, reverse=True)
-    best = {root_trial_number(t) for t in feasible[:keep]}
-    prune_finished(root, study.study_name, live | best)
+    if finishing is not None:
+        live.discard(finishing[0])
+        ranked.append((finishing[1], finishing[0]))
+    ranked.sort(reverse=True)
+    prune_finished(root, study.study_name, live | {key for _, key in ranked[:keep]})
 
 
 def catchable() -> tuple[type[Exception], ...]:

@@ -1,0 +1,339 @@
+"""Run several worker processes of one study on this machine, and watch over them.
+
+Each worker is a separate process (``python -m search worker``) pinned to one GPU with
+``CUDA_VISIBLE_DEVICES``, or a CPU worker. Workers share nothing but the study storage:
+they claim the study's WAITING trials one at a time, so the trial budget is counted
+across all of them and across machines. The launcher polls the study for combined
+progress, fails trials whose heartbeat stopped (their retries are then queued),
+restarts a worker that crashed up to a limit, and on Ctrl-C or SIGTERM passes the
+signal on and waits for the workers to mark their trials and stop.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from search.study import count_outcomes, top_trials
+from search.worker import fail_stale
+
+# `--workers-per-gpu auto`: a rule, not a measurement (see `auto_workers_per_gpu`).
+WORKER_GPU_GIB = 6.0  # GPU memory one worker may use: context, data, activations
+CORES_PER_WORKER = 2  # host cores one worker's Python training loop keeps busy
+MAX_AUTO_PER_GPU = 3  # beyond this, small nets' kernels contend for the SMs
+EXIT_BAD_INPUT = 2  # the CLI's code for a bad flag or setting: a restart fails the same way
+STOP_WAIT_S = 60.0  # after Ctrl-C, how long workers get to fail their trial and exit
+LOG_TAIL_LINES = 5  # lines of a crashed worker's log shown with the report
+
+
+class LaunchError(ValueError):
+    """Workers cannot be planned as asked (bad --gpus, no GPU, ...)."""
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One worker process to run: its index (sampler seed offset, log name) and GPU."""
+
+    index: int
+    gpu: str | None  # the CUDA_VISIBLE_DEVICES value; None for a CPU worker
+
+    @property
+    def label(self) -> str:
+        return f"worker {self.index}" + (f" (GPU {self.gpu})" if self.gpu is not None else "")
+
+
+def visible_gpus() -> list[str]:
+    """Names of the GPUs this process may use, as CUDA_VISIBLE_DEVICES values."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if inherited:
+        # Index i of our view is the i-th entry of the inherited list (an id or UUID).
+        names = [n.strip() for n in inherited.split(",") if n.strip()]
+        return names[:count]
+    return [str(i) for i in range(count)]
+
+
+def parse_gpus(text: str, visible: list[str]) -> list[str]:
+    """``all`` or comma-separated indices into `visible`, as CUDA_VISIBLE_DEVICES names."""
+    if not visible:
+        raise LaunchError(f"--gpus {text}: no CUDA GPU is visible; use --workers N for CPU workers")
+    if text.strip().lower() == "all":
+        return list(visible)
+    chosen: list[str] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.isdigit() or int(part) >= len(visible):
+            raise LaunchError(
+                f"--gpus: {part!r} is not a GPU index; {len(visible)} GPU(s) visible "
+                f"(0-{len(visible) - 1}), or say all"
+            )
+        if visible[int(part)] not in chosen:
+            chosen.append(visible[int(part)])
+    return chosen
+
+
+def auto_workers_per_gpu(gpu_memory_gib: float, cpu_cores: int, n_gpus: int) -> int:
+    """Workers per GPU for `--workers-per-gpu auto`, by rule.
+
+    K = min(3, floor(0.8 x GPU memory / 6 GiB), floor(cores / (2 x GPUs))), at least 1.
+    A sub-5M-parameter CIFAR net at batch <= 1024 needs well under 6 GiB (CUDA context,
+    the uint8 dataset, activations), and one worker rarely fills a large GPU: its
+    kernels are small and its Python loop launches them one at a time, so a second
+    and third process fill the gaps. Each worker's loop keeps about two host cores busy,
+    and past three processes per GPU they mostly wait on each other.
+    """
+    by_memory = int(0.8 * gpu_memory_gib // WORKER_GPU_GIB)
+    by_cores = cpu_cores // (CORES_PER_WORKER * max(1, n_gpus))
+    return max(1, min(MAX_AUTO_PER_GPU, by_memory, by_cores))
+
+
+def gpu_memory_gib(index: int) -> float:
+    import torch
+
+    return torch.cuda.get_device_properties(index).total_memory / 2**30
+
+
+def plan_slots(
+    gpus: list[str] | None, per_gpu: int | str, cpu_workers: int, *, first_index: int = 0
+) -> list[Slot]:
+    """The worker processes for `--gpus G --workers-per-gpu K`, or `--workers N` on CPU."""
+    if gpus is None:
+        if cpu_workers < 1:
+            raise LaunchError(f"--workers must be at least 1, got {cpu_workers}")
+        return [Slot(first_index + i, None) for i in range(cpu_workers)]
+    if per_gpu == "auto":
+        memory = min(gpu_memory_gib(i) for i in range(len(gpus)))
+        per_gpu = auto_workers_per_gpu(memory, os.cpu_count() or 1, len(gpus))
+    else:
+        try:
+            per_gpu = int(per_gpu)
+        except ValueError:
+            raise LaunchError(
+                f"--workers-per-gpu takes a number or auto, got {per_gpu!r}"
+            ) from None
+        if per_gpu < 1:
+            raise LaunchError(f"--workers-per-gpu must be at least 1, got {per_gpu}")
+    # Round-robin over GPUs, so that a partial restart spreads evenly.
+    slots = [gpu for _ in range(per_gpu) for gpu in gpus]
+    return [Slot(first_index + i, gpu) for i, gpu in enumerate(slots)]
+
+
+@dataclass
+class _Proc:
+    slot: Slot
+    process: subprocess.Popen
+    log_path: Path
+    restarts: int = 0
+    done: bool = False  # exited cleanly, or gave up after too many restarts
+    exit_codes: list[int] = field(default_factory=list)
+
+
+def _tail(path: Path, n: int) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(deque(f, maxlen=n)).rstrip()
+    except OSError:
+        return "(no log)"
+
+
+class Launcher:
+    """Start one worker process per slot and supervise them until they are all done.
+
+    Args:
+        study: The study (opened on a storage with heartbeats, so that stale trials
+            are failed and retried from here too).
+        slots: The worker processes to run.
+        worker_args: Arguments after ``python -m search`` common to every worker; each
+            gets ``--worker-index`` and ``--device`` added.
+        storage_url: Passed to workers in the environment, never on the command line,
+            where any user of the machine could read its password.
+        log_dir: One log file per worker, appended to across restarts.
+        max_restarts: Restarts of one worker after a crash before it is given up.
+        poll_s: Seconds between progress updates and stale-trial checks.
+        console: Where progress and events go.
+    """
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        slots: list[Slot],
+        worker_args: list[str],
+        *,
+        storage_url: str,
+        log_dir: Path,
+        max_restarts: int = 3,
+        poll_s: float = 2.0,
+        console: Console | None = None,
+    ) -> None:
+        self.study = study
+        self.slots = slots
+        self.worker_args = worker_args
+        self.storage_url = storage_url
+        self.log_dir = Path(log_dir)
+        self.max_restarts = max_restarts
+        self.poll_s = poll_s
+        self.console = console or Console()
+        self.procs: list[_Proc] = []
+        self.stopping = False
+        self.stop_signal_at = 0.0
+        self.restarts = 0
+        self.crashes = 0
+        self.given_up: list[Slot] = []
+
+    # ------------------------------------------------------------------ processes
+
+    def _env(self, slot: Slot) -> dict[str, str]:
+        env = dict(os.environ)
+        env["AUTOSEARCH_STORAGE"] = self.storage_url
+        env["PYTHONUNBUFFERED"] = "1"  # log lines reach the file as they happen
+        # Share the host cores: N workers each with every core thrash one another.
+        threads = str(max(1, (os.cpu_count() or 1) // len(self.slots)))
+        env.setdefault("OMP_NUM_THREADS", threads)
+        env.setdefault("MKL_NUM_THREADS", threads)
+        if slot.gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = slot.gpu
+        return env
+
+    def _spawn(self, slot: Slot) -> tuple[subprocess.Popen, Path]:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"worker-{slot.index}.log"
+        args = [*self.worker_args, "--worker-index", str(slot.index)]
+        if slot.gpu is not None:
+            args += ["--device", "cuda"]
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "search", "worker", *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self._env(slot),
+                # Own process group: a terminal's Ctrl-C reaches the launcher only, which
+                # passes it on once, instead of every worker getting it twice.
+                start_new_session=True,
+            )
+        return process, log_path
+
+    def _check_children(self, say) -> None:
+        for p in self.procs:
+            if p.done or p.process.poll() is None:
+                continue
+            code = p.process.returncode
+            p.exit_codes.append(code)
+            if code == 0 or self.stopping:
+                p.done = True
+                continue
+            self.crashes += 1
+            tail = _tail(p.log_path, LOG_TAIL_LINES)
+            if p.restarts >= self.max_restarts or code == EXIT_BAD_INPUT:
+                p.done = True
+                self.given_up.append(p.slot)
+                why = "bad input" if code == EXIT_BAD_INPUT else f"{p.restarts} restart(s)"
+                say(
+                    f"[red]{p.slot.label} exited with code {code}[/] and is given up ({why}); "
+                    f"log {p.log_path}:\n{tail}"
+                )
+                continue
+            p.restarts += 1
+            self.restarts += 1
+            say(
+                f"[yellow]{p.slot.label} exited with code {code}[/]; restarting "
+                f"({p.restarts}/{self.max_restarts}); log {p.log_path}:\n{tail}"
+            )
+            p.process, p.log_path = self._spawn(p.slot)
+
+    def _signal_children(self, sig: int) -> None:
+        for p in self.procs:
+            if p.process.poll() is None:
+                try:
+                    p.process.send_signal(sig)
+                except ProcessLookupError:
+                    pass
+
+    # ------------------------------------------------------------------- progress
+
+    def _remaining(self) -> int:
+        live = (TrialState.WAITING, TrialState.RUNNING)
+        return len(self.study.get_trials(deepcopy=False, states=live))
+
+    def _describe(self) -> str:
+        counts = count_outcomes(self.study)
+        top = top_trials(self.study, 1)
+        best = f"best {top[0].value:.4f} (#{top[0].number})" if top else "best -"
+        alive = sum(p.process.poll() is None for p in self.procs)
+        return (
+            f"workers {alive}/{len(self.procs)} | running {counts['running']} "
+            f"complete {counts['complete']} pruned {counts['pruned']} "
+            f"infeasible {counts['infeasible']} failed {counts['failed']} | {best}"
+        )
+
+    # ------------------------------------------------------------------------ run
+
+    def run(self) -> int:
+        """Run the workers to the end; returns the trials still WAITING or RUNNING."""
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return self._run()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _on_signal(self, signum: int, _frame) -> None:
+        if self.stopping:
+            return  # already passed on; the wait below is bounded
+        self.stopping = True
+        self.stop_signal_at = time.monotonic()
+        self._signal_children(signal.SIGINT)
+
+    def _run(self) -> int:
+        total = self._remaining()
+        for slot in self.slots:
+            process, log_path = self._spawn(slot)
+            self.procs.append(_Proc(slot, process, log_path))
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
+        ) as progress:
+            task = progress.add_task(self.study.study_name, total=total, info="starting")
+
+            def say(text: str) -> None:
+                progress.console.print(text, highlight=False, soft_wrap=True)
+
+            while True:
+                self._check_children(say)
+                if all(p.done for p in self.procs):
+                    break
+                if self.stopping and time.monotonic() - self.stop_signal_at > STOP_WAIT_S:
+                    say("workers did not stop in time; killing them")
+                    self._signal_children(signal.SIGKILL)
+                try:
+                    # The launcher checks for dead workers' trials too, so that a retry is
+                    # queued within one poll of the grace period ending.
+                    fail_stale(self.study)
+                    remaining = self._remaining()
+                    progress.update(
+                        task, completed=max(0, total - remaining), info=self._describe()
+                    )
+                except Exception as e:  # a database blip must not stop the supervision
+                    say(f"progress check failed: {type(e).__name__}: {str(e).splitlines()[0]}")
+                time.sleep(self.poll_s)
+            remaining = self._remaining()
+            progress.update(task, completed=max(0, total - remaining), info=self._describe())
+        return remaining
