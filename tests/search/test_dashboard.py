@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import optuna
+import pytest
+from typer.testing import CliRunner
+
+from search.cli import app
+
+pytest.importorskip("optuna_dashboard")
+runner = CliRunner()
+# Straight to 127.0.0.1, whatever proxy the environment names.
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str) -> tuple[int, bytes]:
+    with opener.open(url, timeout=5) as r:
+        return r.status, r.read()
+
+
+def test_dashboard_serves_the_study(tmp_path):
+    url = f"sqlite:///{tmp_path}/d.db"
+    study = optuna.create_study(study_name="dash", storage=url, direction="maximize")
+    for i in range(3):
+        study.add_trial(optuna.trial.create_trial(value=0.1 * i, params={}, distributions={}))
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-c", "from search.cli import main; main()", "dashboard"]
+        + ["--storage", url, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                status, body = get(f"{base}/api/studies")
+                break
+            except (urllib.error.URLError, ConnectionError):
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(server.stdout.read().decode()) from None
+                time.sleep(0.2)
+        assert status == 200
+        studies = json.loads(body)["study_summaries"]
+        assert [s["study_name"] for s in studies] == ["dash"]
+        status, page = get(f"{base}/dashboard")
+        assert status == 200 and b"<html" in page.lower()
+        status, body = get(f"{base}/api/studies/{studies[0]['study_id']}")
+        detail = json.loads(body)
+        assert status == 200 and len(detail["trials"]) == 3
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_missing_extra_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna_dashboard", None)  # import now fails
+    result = runner.invoke(app, ["dashboard", "--storage", "sqlite:///:memory:"])
+    assert result.exit_code == 2
+    assert "pip install 'autosearch[dashboard]'" in result.stderr
+
+
+def test_a_taken_port_fails_with_one_line(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        result = runner.invoke(
+            app, ["dashboard", "--storage", f"{tmp_path}/d.db", "--port", str(port)]
+        )
+    assert result.exit_code == 2 and f"127.0.0.1:{port}" in result.stderr
