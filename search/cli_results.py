@@ -86,8 +86,13 @@ def export(
     ] = None,
     seeds: Annotated[int, typer.Option(help="Training runs; the first is saved.", min=1)] = 1,
     val_size: Annotated[
-        int, typer.Option(help="Validation images held out (0: train on all 50,000).", min=0)
-    ] = 0,
+        int | None,
+        typer.Option(
+            help="Validation images held out (default 0: train on all 50,000; 10,000 for "
+            "plateau schedules, which step on validation loss).",
+            min=0,
+        ),
+    ] = None,
     subset: Annotated[int | None, typer.Option(help="Stratified training subset size.")] = None,
     seed: Annotated[int, typer.Option(help="Split seed; run i trains with seed + i.")] = 0,
     data_dir: Annotated[str | None, typer.Option(help="CIFAR-10 folder or archive.")] = None,

@@ -59,6 +59,9 @@ class ExportError(ValueError):
 # --------------------------------------------------------------------------- provenance
 
 
+PLATEAU_VAL_SIZE = 10_000  # held out when the schedule reacts to validation loss
+
+
 def versions() -> dict[str, str]:
     out = {}
     for name in LIBRARIES:
@@ -153,7 +156,7 @@ def export_trial(
     max_params: int,
     data_dir: str | None = None,
     subset: int | None = None,
-    val_size: int = 0,
+    val_size: int | None = None,
     seed: int = 0,
     epochs: int | None = None,
     seeds: int = 1,
@@ -168,9 +171,10 @@ def export_trial(
         out: The export folder (created).
         study_name: Recorded for provenance.
         max_params: The budget the parameter count is checked against again.
-        data_dir, subset, val_size, seed: The data split, as in `prepare_data`; the
-            default val_size 0 trains on all 50,000 training images. `seed` fixes the
-            split; seed i of `seeds` trains with seed + i.
+        data_dir, subset, val_size, seed: The data split, as in `prepare_data`. By
+            default (None) all 50,000 training images are trained on, except for the
+            plateau schedules, which need a validation loss and keep 10,000 back. `seed`
+            fixes the split; seed i of `seeds` trains with seed + i.
         epochs: Epochs instead of the recipe's.
         seeds: Training runs; the first seed's weights are saved.
         device: auto, cpu or cuda[:N].
@@ -195,6 +199,14 @@ def export_trial(
         raise ExportError(f"trial {trial.number} has no {e.args[0]!r} attribute") from None
     except (SpecError, RecipeError, BudgetError) as e:
         raise ExportError(f"trial {trial.number}: {e}") from None
+    metric_driven = recipe.schedule in ("plateau", "zigzag_plateau")
+    if val_size is None:
+        val_size = PLATEAU_VAL_SIZE if metric_driven else 0
+    elif val_size == 0 and metric_driven:
+        raise ExportError(
+            f"trial {trial.number}'s {recipe.schedule!r} schedule steps on validation loss; "
+            f"--val-size 0 leaves none (try --val-size {PLATEAU_VAL_SIZE})"
+        )
     dev = resolve_device(device)
     data = prepare_data(data_dir, val_size=val_size, subset=subset, seed=seed, device=dev)
 

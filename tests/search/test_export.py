@@ -166,3 +166,33 @@ def test_evaluate_refuses_other_weights(tiny, cifar_dir, tmp_path):
         load_export(out)
     result = runner.invoke(app, ["evaluate", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "model.json does not exist" in result.stderr
+
+
+def test_plateau_recipes_need_a_validation_split(tmp_path, cifar_dir):
+    spec = make_spec([8], [1], stem_width=8)
+    recipe = TrainRecipe(schedule="plateau", epochs=1, batch_size=32)
+    trial = optuna.trial.create_trial(
+        value=0.5, user_attrs={"arch": spec.to_dict(), "recipe": recipe.to_dict()}
+    )
+    with pytest.raises(ExportError, match="'plateau' schedule steps on validation loss"):
+        export_trial(
+            trial,
+            tmp_path / "out",
+            study_name="s",
+            max_params=10**6,
+            data_dir=str(cifar_dir),
+            subset=100,
+            val_size=0,
+            device="cpu",
+        )
+    info = export_trial(
+        trial,
+        tmp_path / "out",
+        study_name="s",
+        max_params=10**6,
+        data_dir=str(cifar_dir),
+        subset=100,
+        val_size=100,
+        device="cpu",
+    )
+    assert info["data"]["val_size"] == 100
