@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
 import time
 import warnings
 from collections.abc import Callable
@@ -130,6 +132,8 @@ class Objective:
 
         device = self.device
         trial.set_user_attr("device", _device_name(device))
+        # Which process runs it: to find the log, or the process, of a trial gone wrong.
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         store = self._checkpoints(trial)
         # A retry trains with its chain's first number: the same seed, the same run.
         root = store.key if store is not None else root_trial_number(trial)

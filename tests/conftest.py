@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from search.data import CifarData
+from storage.urls import resolve_url
+
+PG_ENV = "AUTOSEARCH_TEST_PG"
 
 
 def colour_images(n: int, seed: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -47,3 +56,37 @@ def tiny_data(n_train: int = 64, n_val: int = 32, size: int = 8) -> CifarData:
         mean=(0.5, 0.5, 0.5),
         std=(0.25, 0.25, 0.25),
     )
+
+
+@pytest.fixture(scope="session")
+def postgres_test_url() -> Iterator[str]:
+    """URL of a fresh PostgreSQL database for this test session, dropped afterwards.
+
+    The server comes from `AUTOSEARCH_TEST_PG`, a URL whose user may CREATE DATABASE
+    (e.g. ``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``). Tests that use
+    this fixture are skipped when the variable is unset.
+    """
+    admin = os.environ.get(PG_ENV)
+    if not admin:
+        pytest.skip(f"{PG_ENV} is not set; PostgreSQL tests skipped")
+    admin_url = make_url(resolve_url(admin))
+    name = f"autosearch_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    # CREATE/DROP DATABASE cannot run inside a transaction; NullPool leaves no idle
+    # connection behind to hold the server's slots.
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with engine.connect() as conn:
+            # A storage a test forgot to dispose would otherwise block the DROP.
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :name AND pid <> pg_backend_pid()"
+                ),
+                {"name": name},
+            )
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        engine.dispose()
