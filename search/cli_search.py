@@ -192,6 +192,10 @@ def start(
     workers: WorkersOpt = 1,
     max_restarts: RestartsOpt = 3,
     log_dir: LogDirOpt = "logs",
+    enqueue_only: Annotated[
+        bool,
+        typer.Option(help="Only create the study and queue the trials, for `autosearch worker`s."),
+    ] = False,
 ) -> None:
     """Create or resume a study and run its trials: in this process, or in worker
     processes with --workers N (CPU) or --gpus G --workers-per-gpu K."""
@@ -223,6 +227,15 @@ def start(
         )
     except StudyError as e:
         fail(str(e))
+    if enqueue_only:
+        store_run_settings(the_study, settings)
+        reserve_trials(the_study, trials)
+        console.print(
+            f"study [bold]{study}[/] on {mask_url(url)}: {trials} trial(s) queued for workers",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
     if launching:
         from search.cli_worker import launch_workers
 

@@ -1,0 +1,26 @@
+# autosearch with the CUDA build of torch, for workers and the dashboard.
+# The image needs no CUDA base: the Linux x86-64 torch wheels on PyPI carry their CUDA
+# libraries as nvidia-* packages; the host supplies only the driver, through the
+# NVIDIA container runtime.
+FROM python:3.11-slim
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+WORKDIR /app
+# Dependencies first, so that editing the code does not re-download torch.
+COPY pyproject.toml README.md ./
+RUN mkdir -p models search storage \
+    && touch models/__init__.py search/__init__.py storage/__init__.py \
+    && pip install ".[dashboard]" \
+    && pip uninstall -y autosearch
+COPY models models
+COPY search search
+COPY storage storage
+RUN pip install --no-deps .
+
+# Checkpoints and data are volumes; the working folder holds the worker logs.
+WORKDIR /work
+ENTRYPOINT ["autosearch"]
+CMD ["--help"]
