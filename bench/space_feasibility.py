@@ -51,7 +51,8 @@ def main() -> None:
     warnings.simplefilter("ignore")
 
     print(f"{args.samples} samples per preset, sampler {args.sampler}, limit {args.max_params:,}")
-    header = f"{'preset':<12} {'fit':<5} {'infeasible':>10}   params p5 / p25 / median / p75 / max (M)"
+    quantiles = "params p5 / p25 / median / p75 / max (M)"
+    header = f"{'preset':<12} {'fit':<5} {'infeasible':>10}   {quantiles}"
     print(header)
     print("-" * len(header))
     for name, space in SPACES.items():
@@ -62,10 +63,7 @@ def main() -> None:
         for fit, variant in variants:
             rate, counts = run(variant, args.samples, args.max_params, args.sampler, args.seed)
             q = np.percentile(counts, [5, 25, 50, 75, 100]) / 1e6
-            print(
-                f"{name:<12} {fit:<5} {rate:>9.1%}   "
-                + " / ".join(f"{v:.2f}" for v in q)
-            )
+            print(f"{name:<12} {fit:<5} {rate:>9.1%}   " + " / ".join(f"{v:.2f}" for v in q))
 
 
 if __name__ == "__main__":

@@ -261,6 +261,5 @@ def train_command(
         raise typer.Exit(1)
 
 
-# Register the study commands on `app`.
-from search import cli_search  # noqa: E402,F401
-from search import cli_results  # noqa: E402,F401
+# Register the other commands on `app`.
+from search import cli_results, cli_search  # noqa: E402,F401

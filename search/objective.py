@@ -156,6 +156,9 @@ class Objective:
         def on_checkpoint(snapshot: dict[str, Any]) -> None:
             store.save(int(snapshot["epoch"]), snapshot)
 
+        # Initial weights come from the global generator: seed it like the trainer, so a
+        # trial (and its retry) can be rebuilt exactly.
+        torch.manual_seed(c.seed + root)
         model = build_model(arch)
         started = time.perf_counter()
         try:

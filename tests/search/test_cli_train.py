@@ -11,9 +11,27 @@ runner = CliRunner()
 
 def test_train_prints_validation_and_test_accuracy(cifar_dir):
     args = [
-        "train", "--widths", "16,32", "--repeats", "1,1", "--stem", "16", "--recipe", "fast",
-        "--device", "cpu", "--subset", "200", "--val-size", "100", "--epochs", "2",
-        "--batch-size", "64", "--data-dir", str(cifar_dir),
+        "train",
+        "--widths",
+        "16,32",
+        "--repeats",
+        "1,1",
+        "--stem",
+        "16",
+        "--recipe",
+        "fast",
+        "--device",
+        "cpu",
+        "--subset",
+        "200",
+        "--val-size",
+        "100",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "64",
+        "--data-dir",
+        str(cifar_dir),
     ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
