@@ -472,29 +472,6 @@ def sqlite(*, workers: int = 4, trials: int = 40) -> str:
     )
 
 
-@contextmanager
-def fresh_database(admin_url: str) -> Iterator[str]:
-    """A PostgreSQL database made for this run and dropped after it."""
-    admin = make_url(admin_url)
-    name = f"autosearch_bench_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    engine = create_engine(admin, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    with engine.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield admin.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with engine.connect() as conn:
-            conn.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = :name AND pid <> pg_backend_pid()"
-                ),
-                {"name": name},
-            )
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        engine.dispose()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -511,9 +488,9 @@ def main() -> None:
         parser.error("--pg or AUTOSEARCH_TEST_PG is required")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     chosen = args.only or ["concurrency", "kill", "db_restart", "corrupt", "sqlite"]
-    from storage.urls import resolve_url
+    from storage.databases import temporary_database
 
-    with fresh_database(resolve_url(args.pg)) as url:
+    with temporary_database(args.pg, prefix=f"autosearch_bench_{os.getpid()}") as url:
         for name in chosen:
             runs = args.repeat if name == "concurrency" else 1
             for i in range(runs):

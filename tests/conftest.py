@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
 
 from search.data import CifarData
-from storage.urls import resolve_url
+from storage.databases import temporary_database
 
 PG_ENV = "AUTOSEARCH_TEST_PG"
 
@@ -69,24 +65,5 @@ def postgres_test_url() -> Iterator[str]:
     admin = os.environ.get(PG_ENV)
     if not admin:
         pytest.skip(f"{PG_ENV} is not set; PostgreSQL tests skipped")
-    admin_url = make_url(resolve_url(admin))
-    name = f"autosearch_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    # CREATE/DROP DATABASE cannot run inside a transaction; NullPool leaves no idle
-    # connection behind to hold the server's slots.
-    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    with engine.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield admin_url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with engine.connect() as conn:
-            # A storage a test forgot to dispose would otherwise block the DROP.
-            conn.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = :name AND pid <> pg_backend_pid()"
-                ),
-                {"name": name},
-            )
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        engine.dispose()
+    with temporary_database(admin, prefix=f"autosearch_test_{os.getpid()}") as url:
+        yield url
