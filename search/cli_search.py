@@ -35,6 +35,7 @@ from search.study import (
     make_pruner,
     make_sampler,
     open_study,
+    sampler_seed,
     store_run_settings,
     top_trials,
     trial_summary,
@@ -227,6 +228,9 @@ def start(
         )
     except StudyError as e:
         fail(str(e))
+    the_study.sampler = make_sampler(
+        sampler, sampler_seed(seed, finished=len(the_study.get_trials(deepcopy=False)))
+    )
     if enqueue_only:
         store_run_settings(the_study, settings)
         reserve_trials(the_study, trials)

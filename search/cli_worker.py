@@ -4,6 +4,7 @@ launcher that `start` and `worker` share for several worker processes."""
 from __future__ import annotations
 
 import logging
+import secrets
 import signal
 import time
 from pathlib import Path
@@ -42,6 +43,7 @@ from search.study import (
     load_run_settings,
     make_pruner,
     make_sampler,
+    sampler_seed,
 )
 from storage.urls import is_sqlite, mask_url
 
@@ -145,13 +147,20 @@ def worker(
         launch_workers(joined, url, slots, local, Path(log_dir) / study, max_restarts)
         return
 
-    seed = None if worker_index is None else settings.seed + worker_index
     joined = optuna.load_study(
         study_name=study,
         storage=rdb,
-        sampler=make_sampler(settings.sampler, seed),
         pruner=make_pruner(settings.pruner, space.recipe.epochs[1]),
     )
+    # Workers started together see the same trial count: the index keeps them apart. A
+    # worker joined by hand has no index and draws a random one, so that two of them
+    # never share a seed.
+    seed = sampler_seed(
+        settings.seed,
+        finished=len(joined.get_trials(deepcopy=False)),
+        worker=1 + worker_index if worker_index is not None else secrets.randbits(31) + 1,
+    )
+    joined.sampler = make_sampler(settings.sampler, seed)
     objective = Objective(
         RunConfig(
             space=space,

@@ -8,6 +8,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -48,6 +49,19 @@ def make_sampler(name: str, seed: int | None = None) -> optuna.samplers.BaseSamp
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed)
     raise StudyError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
+
+
+def sampler_seed(seed: int, *, finished: int, worker: int = 0) -> int:
+    """The sampler seed for a process that joins a study holding `finished` trials.
+
+    A fresh study's first process uses `seed` itself, so one seed gives one sequence
+    of trials. A resumed study or a second worker mixes in the trial count and the
+    worker index; otherwise a rerun with the same --seed would draw the same random
+    start-up trials again, and parallel workers would draw each other's.
+    """
+    if finished == 0 and worker == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, finished, worker]).generate_state(1)[0])
 
 
 def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:

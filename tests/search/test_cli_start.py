@@ -56,6 +56,8 @@ def test_start_runs_resumes_and_reports(cifar_dir, tmp_path):
     study = optuna.load_study(study_name="zigzag", storage=url)
     assert len(study.trials) == 8
     assert sum(t.user_attrs.get("seed_config") is not None for t in study.trials) == 3
+    # the resumed run does not redraw the first run's random trials
+    assert study.trials[4].params != study.trials[3].params
 
     best = runner.invoke(app, ["best", "--study", "zigzag", "--storage", url, "--json"])
     assert best.exit_code == 0, best.output
