@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Annotated
@@ -281,10 +283,22 @@ def start(
     print_best(the_study)
 
 
+def _interrupt_on_sigterm() -> None:
+    # `kill`, `docker stop` and the launcher's fallback send SIGTERM: treat it as Ctrl-C,
+    # so the running trial is marked failed instead of being left RUNNING until its
+    # heartbeat grace runs out.
+    def handler(_signum, _frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
 def work_here(study: optuna.Study, objective: Objective, deadline: float | None) -> None:
     """Run trials in this process until the study's queue is empty or `deadline`."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _interrupt_on_sigterm()
     try:
         run_worker(study, objective, deadline=deadline, on_trial_end=Progress(study))
     except KeyboardInterrupt:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import signal
 import time
 from pathlib import Path
 from typing import Annotated
@@ -92,15 +91,6 @@ def launch_workers(
         fail(f"{names} gave up; see the worker logs in {log_dir}", 1)
 
 
-def _interrupt_on_sigterm() -> None:
-    # `docker stop` and the launcher's fallback send SIGTERM: treat it as Ctrl-C, so the
-    # running trial is marked failed instead of being left RUNNING until its grace ends.
-    def handler(_signum, _frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
-
-
 @app.command()
 def worker(
     study: StudyOpt,
@@ -185,7 +175,6 @@ def worker(
         highlight=False,
         soft_wrap=True,
     )
-    _interrupt_on_sigterm()
     # Resume messages and skipped checkpoints belong in a worker's log.
     logging.getLogger("search").setLevel(logging.INFO)
     work_here(joined, objective, settings.deadline)
