@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import sys
 import warnings
 from pathlib import Path
@@ -21,23 +20,8 @@ import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models import count_params  # noqa: E402
-from search.space import SPACES, sample  # noqa: E402
+from search.space import SPACES, infeasible_rate  # noqa: E402
 from search.study import make_sampler  # noqa: E402
-
-
-def run(space, n: int, limit: int, sampler: str, seed: int) -> tuple[float, list[int]]:
-    study = optuna.create_study(direction="maximize", sampler=make_sampler(sampler, seed))
-    counts, bad = [], 0
-    for _ in range(n):
-        trial = study.ask()
-        params = count_params(sample(trial, space, max_params=limit).arch)
-        counts.append(params)
-        bad += params > limit
-        trial.set_constraint("params", float(params - limit))
-        # Stand-in objective: bigger feasible nets score higher, so TPE pushes at the limit.
-        study.tell(trial, 0.0 if params > limit else math.log(params))
-    return bad / n, counts
 
 
 def main() -> None:
@@ -61,7 +45,12 @@ def main() -> None:
             raw = dataclasses.replace(space, arch=dataclasses.replace(space.arch, fit_budget=False))
             variants.append(("no", raw))
         for fit, variant in variants:
-            rate, counts = run(variant, args.samples, args.max_params, args.sampler, args.seed)
+            rate, counts = infeasible_rate(
+                variant,
+                args.samples,
+                max_params=args.max_params,
+                sampler=make_sampler(args.sampler, args.seed),
+            )
             q = np.percentile(counts, [5, 25, 50, 75, 100]) / 1e6
             print(f"{name:<12} {fit:<5} {rate:>9.1%}   " + " / ".join(f"{v:.2f}" for v in q))
 

@@ -596,20 +596,30 @@ def with_epochs(space: SearchSpace, epochs: int | None) -> SearchSpace:
     return replace(space, recipe=replace(space.recipe, epochs=(epochs, epochs)))
 
 
-def infeasible_rate(space: SearchSpace, n: int, *, max_params: int, seed: int = 0):
-    """Sample `n` trials with a random sampler and no training.
+def infeasible_rate(
+    space: SearchSpace,
+    n: int,
+    *,
+    max_params: int,
+    sampler: optuna.samplers.BaseSampler | None = None,
+) -> tuple[float, list[int]]:
+    """Sample `n` trials with a stand-in objective and no training.
+
+    The stand-in scores feasible nets by log(params) and infeasible ones 0, with the
+    budget set as a trial constraint, so a model-based sampler is pushed toward the
+    limit as a real search would be. The default sampler is random with seed 0.
 
     Returns the infeasible share and the list of parameter counts.
     """
-    sampler = optuna.samplers.RandomSampler(seed=seed)
+    sampler = sampler or optuna.samplers.RandomSampler(seed=0)
     study = optuna.create_study(sampler=sampler, direction="maximize")
     counts = []
     bad = 0
     for _ in range(n):
         trial = study.ask()
-        s = sample(trial, space, max_params=max_params)
-        p = count_params(s.arch)
+        p = count_params(sample(trial, space, max_params=max_params).arch)
         counts.append(p)
         bad += p > max_params
+        trial.set_constraint("params", float(p - max_params))
         study.tell(trial, 0.0 if p > max_params else math.log(p))
     return bad / n, counts
