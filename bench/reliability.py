@@ -142,7 +142,7 @@ def start_args(
     return [
         sys.executable,
         "-m",
-        "search",
+        "autosearch",
         "start",
         "--study",
         study,
@@ -488,7 +488,7 @@ def main() -> None:
         parser.error("--pg or AUTOSEARCH_TEST_PG is required")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     chosen = args.only or ["concurrency", "kill", "db_restart", "corrupt", "sqlite"]
-    from storage.databases import temporary_database
+    from autosearch.storage.databases import temporary_database
 
     with temporary_database(args.pg, prefix=f"autosearch_bench_{os.getpid()}") as url:
         for name in chosen:

@@ -27,7 +27,7 @@ import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
 
-from search.report import SECTIONS
+from autosearch.search.results.report import SECTIONS
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 # Flags for a quiet, offline, throwaway browser: no sandbox (containers run as root),
@@ -137,9 +137,8 @@ def main() -> int:
         if args.study is None:
             parser.error("give --html FILE or --study NAME")
         import optuna
-
-        from search.report import write_report
-        from storage.optuna_storage import make_storage
+        from autosearch.search.results.report import write_report
+        from autosearch.storage.optuna_storage import make_storage
 
         storage = make_storage(args.storage, heartbeat_interval=None, max_retry=None)
         page = write_report(optuna.load_study(study_name=args.study, storage=storage), args.out)

@@ -20,8 +20,8 @@ import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from search.space import SPACES, infeasible_rate  # noqa: E402
-from search.study import make_sampler  # noqa: E402
+from autosearch.search.space import SPACES, infeasible_rate
+from autosearch.search.tuning.study import make_sampler
 
 
 def main() -> None:

@@ -22,8 +22,7 @@ import sys
 import time
 
 import torch
-
-from models import (
+from autosearch.models import (
     DEFAULT_MAX_PARAMS,
     PRESETS,
     ArchSpec,
@@ -32,9 +31,11 @@ from models import (
     count_params,
     make_spec,
 )
-from search.data import CifarData, prepare_data
-from search.recipe import get_recipe
-from search.trainer import evaluate, resolve_device, train
+from autosearch.search.training.data import CifarData, prepare_data
+from autosearch.search.training.device import resolve_device
+from autosearch.search.training.evaluation import evaluate
+from autosearch.search.training.recipe import get_recipe
+from autosearch.search.training.trainer import train
 
 # Dense bf16 tensor-core peaks, FLOP/s, matched in order against the device name
 # (so "A100" is tried before "A10", "L40S" before "L4", "H100 PCIe" before "H100").

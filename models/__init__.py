@@ -1,6 +1,15 @@
-"""The CIFAR ResNet family: specs, exact counts, presets and the module builder."""
+"""The CIFAR ResNet family: specs, exact counts, presets and the module builder.
 
-from models.counts import (
+Specs, counts and presets are plain Python; the torch modules (`ResNet`, `BasicBlock`,
+`build_model`) are imported on first use, so counting a spec never loads torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from autosearch.models.counts import (
     DEFAULT_MAX_PARAMS,
     BudgetError,
     check_budget,
@@ -8,9 +17,10 @@ from models.counts import (
     count_flops,
     count_params,
 )
-from models.net import BasicBlock, ResNet, build_model
-from models.presets import PRESETS, get_preset
-from models.spec import ArchSpec, SpecError, StageSpec, make_spec
+from autosearch.models.presets import PRESETS, get_preset
+from autosearch.models.spec import ArchSpec, SpecError, StageSpec, make_spec
+
+_NET = ("BasicBlock", "ResNet", "build_model")
 
 __all__ = [
     "DEFAULT_MAX_PARAMS",
@@ -29,3 +39,11 @@ __all__ = [
     "get_preset",
     "make_spec",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NET:
+        value = getattr(importlib.import_module("autosearch.models.net"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'autosearch.models' has no attribute {name!r}")

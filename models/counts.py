@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from models.spec import INPUT_SIZE, ArchSpec
+from autosearch.models.spec import INPUT_SIZE, ArchSpec
 
 DEFAULT_MAX_PARAMS = 5_000_000
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
+from autosearch.models.spec import ArchSpec
 from torch import nn
-
-from models.spec import ArchSpec
 
 
 def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Sequential:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from models.spec import ArchSpec, make_spec
+from autosearch.models.spec import ArchSpec, make_spec
 
 PRESETS: dict[str, ArchSpec] = {
     # The seed report's hand-tuned net: the width schedule rises, falls and rises again.

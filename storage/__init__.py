@@ -1,20 +1,20 @@
 """Where things are kept: study storage URLs, the Optuna storage, training checkpoints."""
 
-from storage.checkpoints import (
+from autosearch.storage.checkpoints import (
     DEFAULT_ROOT,
     CheckpointError,
     CheckpointStore,
     prune_finished,
     read_checkpoint,
 )
-from storage.optuna_storage import (
+from autosearch.storage.optuna_storage import (
     ResilientRDBStorage,
     StorageError,
     is_transient,
     make_storage,
     root_trial_number,
 )
-from storage.urls import (
+from autosearch.storage.urls import (
     DEFAULT_DB_FILE,
     StorageURLError,
     is_postgres,

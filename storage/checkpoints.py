@@ -303,3 +303,21 @@ def prune_finished(root: str | Path, study_name: str, keep_keys: set[str | int])
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
+
+
+def keep_best(
+    root: str | Path,
+    study_name: str,
+    *,
+    live: set[int],
+    finished: list[tuple[float, int]],
+    keep: int,
+) -> list[Path]:
+    """The retention policy of a study's checkpoints: disk use stays bounded.
+
+    Keeps the folders of `live` trials (running, or queued to resume) and of the `keep`
+    best `finished` ones, given as (value, key) pairs; deletes every other trial folder
+    of the study. Returns the folders removed.
+    """
+    best = {key for _, key in sorted(finished, reverse=True)[:keep]}
+    return prune_finished(root, study_name, live | best)

@@ -6,11 +6,10 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from autosearch.storage.urls import resolve_url
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
-
-from storage.urls import resolve_url
 
 
 @contextmanager

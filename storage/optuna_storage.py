@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
+from autosearch.storage.urls import is_postgres, is_sqlite, mask_url, resolve_url
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
-
-from storage.urls import is_postgres, is_sqlite, mask_url, resolve_url
 
 SQLITE_BUSY_TIMEOUT_S = 60  # how long a writer waits for the file lock before failing
 PG_MAX_OVERFLOW = 1  # connections a worker may open beyond `pool_size` under a burst

@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from search.data import CifarData
-from storage.databases import temporary_database
+from autosearch.search.training.data import CifarData
+from autosearch.storage.databases import temporary_database
 
 PG_ENV = "AUTOSEARCH_TEST_PG"
 

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from search.cli import app
+from autosearch.search.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"

@@ -2,10 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-from models import (
+from autosearch.models import (
     PRESETS,
     ArchSpec,
     BudgetError,
@@ -17,6 +14,8 @@ from models import (
     count_params,
     get_preset,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 EXPECTED = {
     "zigzag": 4_891_338,

@@ -1,8 +1,7 @@
 from __future__ import annotations
 
 import pytest
-
-from models import PRESETS, ArchSpec, SpecError, StageSpec, make_spec
+from autosearch.models import PRESETS, ArchSpec, SpecError, StageSpec, make_spec
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

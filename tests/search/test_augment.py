@@ -7,18 +7,15 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from search.augment import (
-    AUGMENTS,
+from autosearch.search.training.augment import (
     BATCH_OPS,
-    AugmentSpec,
-    _affine_theta,  # private, for the exact-geometry checks
+    _affine_theta,
     _warp,
     augment_batch,
     batch_crop,
     batch_flip,
-    validate_augment,
 )
+from autosearch.search.training.recipe import AUGMENTS, AugmentSpec, validate_augment
 
 # every augmentation set so that it always fires and does something visible
 ALWAYS = {

@@ -2,9 +2,8 @@ from __future__ import annotations
 
 import json
 
+from autosearch.search.cli import app
 from typer.testing import CliRunner
-
-from search.cli import app
 
 runner = CliRunner()
 

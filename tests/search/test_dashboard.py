@@ -10,9 +10,8 @@ import urllib.request
 
 import optuna
 import pytest
+from autosearch.search.cli import app
 from typer.testing import CliRunner
-
-from search.cli import app
 
 pytest.importorskip("optuna_dashboard")
 runner = CliRunner()
@@ -38,7 +37,7 @@ def test_dashboard_serves_the_study(tmp_path):
         study.add_trial(optuna.trial.create_trial(value=0.1 * i, params={}, distributions={}))
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-c", "from search.cli import main; main()", "dashboard"]
+        [sys.executable, "-c", "from autosearch.search.cli import main; main()", "dashboard"]
         + ["--storage", url, "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -10,20 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from search import data as data_module
-from search.data import (
-    ENV_VAR,
-    DataNotFoundError,
-    RawCifar,
-    load_cifar10,
+from autosearch.search.training import sources as data_module
+from autosearch.search.training.data import (
     normalize,
     prepare_data,
     stratified_split,
     stratified_subset,
 )
+from autosearch.search.training.sources import ENV_VAR, DataNotFoundError, RawCifar, load_cifar10
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 PER_BATCH = 20  # images per synthetic batch file; 5 train batches + 1 test batch
 CLASS_NAMES = [f"class{i}" for i in range(10)]

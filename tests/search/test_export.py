@@ -6,14 +6,14 @@ import shutil
 import optuna
 import pytest
 import torch
+from autosearch import load_best_model
+from autosearch.models import make_spec
+from autosearch.search.cli import app
+from autosearch.search.results.export import export_trial
+from autosearch.search.results.exported import ExportError, evaluate_export, load_export
+from autosearch.search.training.recipe import TrainRecipe
 from safetensors.torch import load_file
 from typer.testing import CliRunner
-
-from models import make_spec
-from search import load_best_model
-from search.cli import app
-from search.export import ExportError, evaluate_export, export_trial, load_export
-from search.recipe import TrainRecipe
 
 runner = CliRunner()
 SPLIT = ["--subset", "200", "--val-size", "100", "--device", "cpu"]
@@ -147,7 +147,7 @@ def test_evaluate_refuses_a_changed_spec(tiny, tmp_path):
     out, info = copy_of(tiny, tmp_path)
     info["arch"]["stages"][1]["kernel"] = 5
     info["params"] = 0  # made consistent below, so the weights check is what refuses
-    from models import ArchSpec, count_params
+    from autosearch.models import ArchSpec, count_params
 
     info["params"] = count_params(ArchSpec.from_dict(info["arch"]))
     (out / "model.json").write_text(json.dumps(info))

@@ -6,12 +6,14 @@ import math
 import optuna
 import pytest
 import torch
+from autosearch.search.space import SPACES
+from autosearch.search.training.trainer import EpochReport, TrainResult
+from autosearch.search.tuning.budget import reserve_trials
+from autosearch.search.tuning.objective import Objective, RunConfig
+from autosearch.search.tuning.outcomes import count_outcomes, top_trials
+from autosearch.search.tuning.study import make_pruner, make_sampler, open_study
+from autosearch.search.tuning.worker import run_worker
 
-from search.objective import Objective, RunConfig
-from search.space import SPACES
-from search.study import count_outcomes, make_pruner, make_sampler, open_study, top_trials
-from search.trainer import EpochReport, TrainResult
-from search.worker import reserve_trials, run_worker
 from tests.conftest import tiny_data
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -7,16 +7,10 @@ import math
 
 import pytest
 import torch
+from autosearch.search.training.optimizers import WeightEMA, make_optimizer, param_groups
+from autosearch.search.training.recipe import OPTIMIZERS, SCHEDULES, TrainRecipe
+from autosearch.search.training.schedules import ONECYCLE_START, make_schedule
 from torch import nn
-
-from search.optim import (
-    ONECYCLE_START,
-    WeightEMA,
-    make_optimizer,
-    make_schedule,
-    param_groups,
-)
-from search.recipe import OPTIMIZERS, SCHEDULES, TrainRecipe
 
 
 def tiny_model() -> nn.Module:

@@ -10,15 +10,16 @@ from pathlib import Path
 
 import optuna
 import pytest
+from autosearch.search.cli import app
+from autosearch.search.results.figures import importances, learning_curves, pareto_front
+from autosearch.search.results.report import SECTIONS, build_report, schedule_svg
+from autosearch.search.space import get_space, with_epochs
+from autosearch.search.training.trainer import EpochReport, TrainResult
+from autosearch.search.tuning.objective import Objective, RunConfig, catchable
+from autosearch.search.tuning.outcomes import count_outcomes
+from autosearch.search.tuning.study import open_study
 from typer.testing import CliRunner
 
-from search.cli import app
-from search.figures import importances, learning_curves, pareto_front
-from search.objective import Objective, RunConfig, catchable
-from search.report import SECTIONS, build_report, schedule_svg
-from search.space import get_space, with_epochs
-from search.study import count_outcomes, open_study
-from search.trainer import EpochReport, TrainResult
 from tests.conftest import tiny_data
 
 runner = CliRunner()
@@ -147,7 +148,7 @@ def test_pareto_front_keeps_only_undominated_points():
 
 
 def test_schedule_svg_draws_one_bar_per_stage():
-    from models import make_spec
+    from autosearch.models import make_spec
 
     svg = schedule_svg(make_spec([64, 16, 128], [2, 1, 3]), 128)
     assert svg.count("<title>") == 3 and "128 channels x 3 block(s)" in svg

@@ -11,11 +11,16 @@ import shutil
 from pathlib import Path
 
 import pytest
+from autosearch.search.cli import app
+from autosearch.search.tuning.launcher import (
+    LaunchError,
+    auto_workers_per_gpu,
+    parse_gpus,
+    plan_slots,
+)
 from typer.testing import CliRunner
 
 from bench import reliability
-from search.cli import app
-from search.launcher import LaunchError, auto_workers_per_gpu, parse_gpus, plan_slots
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()

@@ -2,9 +2,8 @@ from __future__ import annotations
 
 import optuna
 import pytest
-
-from models import count_params, get_preset
-from search.space import (
+from autosearch.models import count_params, get_preset
+from autosearch.search.space import (
     SPACES,
     SpaceError,
     get_space,
@@ -172,7 +171,7 @@ def test_toml_syntax_error_and_missing_file(tmp_path):
 
 
 def test_sampler_seed_is_plain_for_a_fresh_study_and_mixed_otherwise():
-    from search.study import sampler_seed
+    from autosearch.search.tuning.study import sampler_seed
 
     assert sampler_seed(7, finished=0) == 7
     seeds = {sampler_seed(7, finished=n, worker=w) for n in (0, 4) for w in (0, 1, 2)}

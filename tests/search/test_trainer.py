@@ -12,12 +12,12 @@ import math
 
 import pytest
 import torch
-
-from models import build_model, make_spec
-from search.augment import AugmentSpec
-from search.data import CifarData
-from search.recipe import TrainRecipe
-from search.trainer import EpochReport, evaluate, resolve_device, train
+from autosearch.models import build_model, make_spec
+from autosearch.search.training.data import CifarData
+from autosearch.search.training.device import resolve_device
+from autosearch.search.training.evaluation import evaluate
+from autosearch.search.training.recipe import AugmentSpec, TrainRecipe
+from autosearch.search.training.trainer import EpochReport, train
 
 CPU = torch.device("cpu")
 

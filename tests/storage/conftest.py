@@ -9,8 +9,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-
-from storage.optuna_storage import make_storage
+from autosearch.storage.optuna_storage import make_storage
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

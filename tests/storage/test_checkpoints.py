@@ -6,17 +6,16 @@ import logging
 import os
 from pathlib import Path
 
+import autosearch.storage.checkpoints as ckpt
 import pytest
 import torch
-from torch import nn
-
-import storage.checkpoints as ckpt
-from storage.checkpoints import (
+from autosearch.storage.checkpoints import (
     CheckpointError,
     CheckpointStore,
     prune_finished,
     read_checkpoint,
 )
+from torch import nn
 
 
 def _model() -> nn.Module:

@@ -8,17 +8,16 @@ from pathlib import Path
 
 import optuna
 import pytest
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
-from optuna.trial import TrialState
-from sqlalchemy.engine import make_url
-
-from storage.optuna_storage import (
+from autosearch.storage.optuna_storage import (
     PG_MAX_OVERFLOW,
     StorageError,
     make_storage,
     root_trial_number,
 )
-from storage.urls import mask_url
+from autosearch.storage.urls import mask_url
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
 
 Open = Callable[..., RDBStorage]
 SECRET = "hunter2"

@@ -3,9 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy.engine import make_url
-
-from storage.urls import (
+from autosearch.storage.urls import (
     DEFAULT_DB_FILE,
     ENV_VAR,
     StorageURLError,
@@ -14,6 +12,7 @@ from storage.urls import (
     mask_url,
     resolve_url,
 )
+from sqlalchemy.engine import make_url
 
 SECRET = "hunter2"
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import optuna
 import plotly.offline
+from autosearch.models import DEFAULT_MAX_PARAMS, ArchSpec
+from autosearch.search.results import figures
+from autosearch.search.tuning.outcomes import count_outcomes, outcome, top_trials
+from autosearch.search.tuning.study import MAX_PARAMS_ATTR, SPACE_ATTR
 from optuna.trial import FrozenTrial, TrialState
-
-from models import DEFAULT_MAX_PARAMS, ArchSpec
-from search import figures
-from search.study import MAX_PARAMS_ATTR, SPACE_ATTR, count_outcomes, outcome, top_trials
 
 # Section ids, in page order; a renderer check looks for each of them.
 SECTIONS = (

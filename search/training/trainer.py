@@ -8,68 +8,24 @@ counts are summed on the device and read once per epoch.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from autosearch.search.training.augment import augment_batch
+from autosearch.search.training.data import CifarData
+from autosearch.search.training.device import autocast, channel_tensors, resolve_device
+from autosearch.search.training.evaluation import evaluate
+from autosearch.search.training.optimizers import WeightEMA, make_optimizer
+from autosearch.search.training.recipe import TrainRecipe
+from autosearch.search.training.schedules import make_schedule
 from torch import nn
 
-from search.augment import augment_batch
-from search.data import CifarData
-from search.optim import WeightEMA, make_optimizer, make_schedule
-from search.recipe import TrainRecipe
-
 MIN_BATCH = 2  # BatchNorm needs at least 2 images per batch in training mode
-
-# ----------------------------------------------------------------------------- device
-
-
-def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """ "auto" (cuda if available, else cpu), "cpu", "cuda" or "cuda:N" as a torch.device.
-
-    Raises ValueError naming the value for anything else, or when CUDA is asked for and
-    is not there.
-    """
-    if isinstance(name, torch.device):
-        name = str(name)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cpu":
-        return device
-    if device.type != "cuda":
-        raise ValueError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
-    if not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was requested but CUDA is not available here")
-    if device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(
-            f"device {name!r} does not exist: {torch.cuda.device_count()} CUDA device(s)"
-        )
-    return device
-
-
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    # bf16 needs no loss scaling; on the CPU we stay in fp32 for exact, portable tests.
-    if device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _channel_stats(
-    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(1, C, 1, 1) mean and 1/std, made once so no step builds a tensor from Python."""
-    m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    return m, 1 / s
 
 
 # ---------------------------------------------------------------------------- results
@@ -122,65 +78,6 @@ class TrainResult:
         data = asdict(self)
         data["history"] = [r.to_dict() for r in self.history]
         return data
-
-
-# -------------------------------------------------------------------------- evaluation
-
-
-def _batches(n: int, batch_size: int) -> Iterator[slice]:
-    for start in range(0, n, batch_size):
-        yield slice(start, min(start + batch_size, n))
-
-
-@torch.inference_mode()
-def evaluate(
-    model: nn.Module,
-    x_uint8: torch.Tensor,
-    y: torch.Tensor,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    *,
-    tta: bool = False,
-    batch_size: int = 1024,
-    device: torch.device | str | None = None,
-) -> tuple[float, float]:
-    """Mean cross-entropy (no label smoothing) and accuracy in [0, 1] of `model`.
-
-    `x_uint8` is (N, 3, H, W) uint8 and `y` (N,) labels, on any device; batches move to
-    `device` (default: the model's). With `tta` the logits of each image and its mirror
-    image are averaged. The model is put in eval mode and its previous mode restored.
-    An empty set gives (nan, nan): there is nothing to measure, and NaN cannot be
-    mistaken for a score.
-    """
-    n = len(y)
-    if n == 0:
-        return math.nan, math.nan
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    mean_t, inv_std = _channel_stats(mean, std, device)
-    was_training = model.training
-    model.eval()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    try:
-        for s in _batches(n, batch_size):
-            xb = x_uint8[s].to(device, non_blocking=True)
-            yb = y[s].to(device, non_blocking=True)
-            x = (xb.float().div_(255) - mean_t) * inv_std  # (B, 3, H, W)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(device):
-                if tta:
-                    # One forward over [images; mirrors], (2B, 3, H, W), then average.
-                    both = model(torch.cat([x, x.flip(3)])).float()
-                    logits = (both[: len(yb)] + both[len(yb) :]) / 2
-                else:
-                    logits = model(x).float()
-            loss_sum += F.cross_entropy(logits, yb, reduction="sum")
-            correct += (logits.argmax(1) == yb).sum()
-    finally:
-        model.train(was_training)
-    loss, hits = torch.stack([loss_sum, correct.to(loss_sum.dtype)]).tolist()
-    return loss / n, hits / n
 
 
 # ---------------------------------------------------------------------------- training
@@ -290,7 +187,7 @@ def train(
     ema = WeightEMA(model, recipe.ema) if recipe.ema > 0 else None
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
-    mean_t, inv_std = _channel_stats(data.mean, data.std, device)
+    mean_t, inv_std = channel_tensors(data.mean, data.std, device)
     augments = recipe.augment
 
     history: list[EpochReport] = []
@@ -335,7 +232,7 @@ def train(
                 x = (x - mean_t) * inv_std
                 if cuda:
                     x = x.contiguous(memory_format=torch.channels_last)
-                with _autocast(device):
+                with autocast(device):
                     logits = model(x)
                     loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)

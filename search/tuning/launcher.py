@@ -1,6 +1,6 @@
 """Run several worker processes of one study on this machine, and watch over them.
 
-Each worker is a separate process (``python -m search worker``) pinned to one GPU with
+Each worker is a separate process (``python -m autosearch worker``) pinned to one GPU with
 ``CUDA_VISIBLE_DEVICES``, or a CPU worker. Workers share nothing but the study storage:
 they claim the study's WAITING trials one at a time, so the trial budget is counted
 across all of them and across machines. The launcher polls the study for combined
@@ -21,12 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
+from autosearch.search.tuning.outcomes import count_outcomes, top_trials
+from autosearch.search.tuning.worker import fail_stale
 from optuna.trial import TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-from search.study import count_outcomes, top_trials
-from search.worker import fail_stale
 
 # `--workers-per-gpu auto`: a rule, not a measurement (see `auto_workers_per_gpu`).
 WORKER_GPU_GIB = 6.0  # GPU memory one worker may use: context, data, activations
@@ -156,7 +155,7 @@ class Launcher:
         study: The study (opened on a storage with heartbeats, so that stale trials
             are failed and retried from here too).
         slots: The worker processes to run.
-        worker_args: Arguments after ``python -m search`` common to every worker; each
+        worker_args: Arguments after ``python -m autosearch`` common to every worker; each
             gets ``--worker-index`` and ``--device`` added.
         storage_url: Passed to workers in the environment, never on the command line,
             where any user of the machine could read its password.
@@ -215,7 +214,7 @@ class Launcher:
             args += ["--device", "cuda"]
         with open(log_path, "ab") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "search", "worker", *args],
+                [sys.executable, "-m", "autosearch", "worker", *args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -15,31 +15,24 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
-
-from models import ArchSpec, build_model, count_flops, count_params
-from search.data import CifarData, prepare_data
-from search.recipe import TrainRecipe
-from search.space import SearchSpace, sample, seed_config
-from search.trainer import EpochReport, TrainResult, resolve_device, train
-from storage.checkpoints import CheckpointStore, prune_finished
-from storage.optuna_storage import root_trial_number
+from autosearch.models import ArchSpec, build_model, count_flops, count_params
+from autosearch.search.space import SearchSpace, sample, seed_config
+from autosearch.search.training.data import CifarData, prepare_data
+from autosearch.search.training.device import resolve_device
+from autosearch.search.training.recipe import TrainRecipe
+from autosearch.search.training.trainer import EpochReport, TrainResult, train
+from autosearch.search.tuning.outcomes import DIVERGED, FAILED, FINISHED, INFEASIBLE, PRUNED
+from autosearch.search.tuning.study import SEED_ATTR
+from autosearch.storage.checkpoints import CheckpointStore, keep_best
+from autosearch.storage.optuna_storage import root_trial_number
 
 log = logging.getLogger(__name__)
 
-# How a trial ended, stored as the user attribute "stopped".
-FINISHED, PRUNED, INFEASIBLE, DIVERGED, FAILED = (
-    "finished",
-    "pruned",
-    "infeasible",
-    "diverged",
-    "failed",
-)
-SEED_ATTR = "seed_config"  # user attribute of enqueued seed trials: index into space.seeds
+
 KEEP_BEST_WEIGHTS = 3  # final weights kept for this many best trials
 
 
@@ -263,41 +256,34 @@ class Objective:
             store.clear()
             return
         store.finalize(keep_weights=True, state={"model": model.state_dict()})
-        prune_weights(
-            trial.study,
-            Path(self.config.checkpoint_dir),
-            KEEP_BEST_WEIGHTS,
-            finishing=(store.key, value),
+        live, finished = _retention_facts(trial.study)
+        # This trial is still RUNNING in the study but done training: rank it as finished.
+        live.discard(store.key)
+        finished.append((value, store.key))
+        keep_best(
+            self.config.checkpoint_dir,
+            trial.study.study_name,
+            live=live,
+            finished=finished,
+            keep=KEEP_BEST_WEIGHTS,
         )
 
 
-def prune_weights(
-    study: optuna.Study,
-    root: Path,
-    keep: int,
-    finishing: tuple[int, float] | None = None,
-) -> None:
-    """Keep the checkpoint folders of live trials and of the `keep` best; delete the rest.
+def _retention_facts(study: optuna.Study) -> tuple[set[int], list[tuple[float, int]]]:
+    """The checkpoint keys of live trials, and (value, key) of each finished trial.
 
     Live means WAITING or RUNNING: a running trial's epochs, and a queued retry's
-    predecessor's epochs it will resume from. `finishing` is the (root number, value)
-    of the trial calling this, still RUNNING in the study but done training; it is
-    ranked with the finished ones. Disk use stays bounded by the live trials plus
-    `keep` final weights, whatever the study's size.
+    predecessor's epochs it will resume from.
     """
     states = optuna.trial.TrialState
     trials = study.get_trials(deepcopy=False)
     live = {root_trial_number(t) for t in trials if t.state in (states.WAITING, states.RUNNING)}
-    ranked = [
+    finished = [
         (t.value, root_trial_number(t))
         for t in trials
         if t.state == states.COMPLETE and t.user_attrs.get("stopped") == FINISHED
     ]
-    if finishing is not None:
-        live.discard(finishing[0])
-        ranked.append((finishing[1], finishing[0]))
-    ranked.sort(reverse=True)
-    prune_finished(root, study.study_name, live | {key for _, key in ranked[:keep]})
+    return live, finished
 
 
 def catchable() -> tuple[type[Exception], ...]:

@@ -1,14 +1,12 @@
-"""The `autosearch` command line. Commands parse, call library code and print."""
+"""`autosearch arch` and `autosearch train`: one architecture, counted or trained."""
 
 from __future__ import annotations
 
 import json
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
-from rich.console import Console
-
-from models import (
+from autosearch.models import (
     DEFAULT_MAX_PARAMS,
     ArchSpec,
     BudgetError,
@@ -20,30 +18,17 @@ from models import (
     get_preset,
     make_spec,
 )
-from search.recipe import RecipeError, get_recipe
-
-app = typer.Typer(
-    help="Search CIFAR-10 ResNets under a parameter budget with Optuna.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
+from autosearch.search.cli.app import (
+    EXIT_OVER_BUDGET,
+    DataDirOpt,
+    DeviceOpt,
+    JsonOpt,
+    MaxParamsOpt,
+    app,
+    console,
+    fail,
 )
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True)
-
-EXIT_BAD_INPUT = 2
-EXIT_OVER_BUDGET = 3
-
-
-@app.callback()
-def _root() -> None:
-    """Search CIFAR-10 ResNets under a parameter budget with Optuna."""
-
-
-def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
-    """Print one error line and exit; never a traceback."""
-    err_console.print(f"error: {message}", highlight=False, markup=False, soft_wrap=True)
-    raise typer.Exit(code)
+from autosearch.search.training.recipe import RecipeError, get_recipe
 
 
 def parse_ints(option: str, text: str | None) -> list[int] | None:
@@ -96,21 +81,28 @@ def spec_from_options(
         fail(str(e))
 
 
-# Shared option declarations for commands that take an architecture.
+# Options of the commands that take an architecture.
 PresetArg = Annotated[
     str | None, typer.Argument(help="Architecture preset (zigzag, resnet18-1111, ...).")
 ]
+
 WidthsOpt = Annotated[str | None, typer.Option(help="Channel widths per stage, e.g. 64,128,256.")]
+
 RepeatsOpt = Annotated[str | None, typer.Option(help="Blocks per stage, e.g. 2,2,2.")]
+
 StridesOpt = Annotated[str | None, typer.Option(help="Stride of each stage (default 1 then 2s).")]
+
 KernelsOpt = Annotated[str | None, typer.Option(help="Conv kernel per stage (3 or 5).")]
+
 SkipOpt = Annotated[
     str | None, typer.Option("--skip-kernel", help="Projection kernel (1 or 3), one or per stage.")
 ]
+
 StemOpt = Annotated[int, typer.Option(help="Stem width.")]
+
 StemKernelOpt = Annotated[int, typer.Option(help="Stem kernel (3 or 5).")]
+
 PoolOpt = Annotated[int, typer.Option(help="0 for global average pooling, else pool size P.")]
-MaxParamsOpt = Annotated[int, typer.Option(help="Parameter budget.", min=1)]
 
 
 @app.command()
@@ -125,7 +117,7 @@ def arch(
     stem_kernel: StemKernelOpt = 3,
     pool: PoolOpt = 0,
     max_params: MaxParamsOpt = DEFAULT_MAX_PARAMS,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Show an architecture's exact parameter count, FLOPs and budget verdict.
 
@@ -165,10 +157,6 @@ def arch(
         raise typer.Exit(EXIT_OVER_BUDGET)
 
 
-def main() -> None:
-    app()
-
-
 @app.command("train")
 def train_command(
     preset: PresetArg = None,
@@ -185,16 +173,16 @@ def train_command(
     epochs: Annotated[int | None, typer.Option(help="Override the recipe's epochs.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Override the batch size.")] = None,
     lr: Annotated[float | None, typer.Option(help="Override the learning rate.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
-    data_dir: Annotated[str | None, typer.Option(help="CIFAR-10 folder or archive.")] = None,
+    device: DeviceOpt = "auto",
+    data_dir: DataDirOpt = None,
     subset: Annotated[int | None, typer.Option(help="Stratified training subset size.")] = None,
     val_size: Annotated[int, typer.Option(help="Validation images (of 50,000).", min=0)] = 10_000,
     seed: Annotated[int, typer.Option(help="Split and training seed.")] = 0,
     max_params: MaxParamsOpt = DEFAULT_MAX_PARAMS,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Train one architecture with a recipe; report validation and test accuracy."""
-    from search.training import run_training
+    from autosearch.search.training.run import run_training
 
     if preset is not None and arch_name is not None:
         fail("give the architecture as an argument or with --arch, not both")
@@ -259,7 +247,3 @@ def train_command(
     )
     if outcome["status"] == "diverged":
         raise typer.Exit(1)
-
-
-# Register the other commands on `app`.
-from search import cli_results, cli_search  # noqa: E402,F401

@@ -12,9 +12,8 @@ from collections.abc import Sequence
 
 import optuna
 import plotly.graph_objects as go
+from autosearch.search.tuning.outcomes import outcome
 from optuna.trial import FrozenTrial
-
-from search.study import outcome
 
 Figure = go.Figure | str  # a figure, or the reason there is none
 

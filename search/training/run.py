@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from models import ArchSpec, build_model, count_flops, count_params
-from search.data import prepare_data
-from search.recipe import TrainRecipe
-from search.trainer import EpochReport, evaluate, resolve_device, train
+from autosearch.models import ArchSpec, build_model, count_flops, count_params
+from autosearch.search.training.data import prepare_data
+from autosearch.search.training.device import resolve_device
+from autosearch.search.training.evaluation import evaluate
+from autosearch.search.training.recipe import TrainRecipe
+from autosearch.search.training.trainer import EpochReport, train
 
 
 def run_training(

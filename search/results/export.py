@@ -22,44 +22,53 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import math
 import statistics
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
+from autosearch.models import (
+    ArchSpec,
+    BudgetError,
+    SpecError,
+    build_model,
+    check_budget,
+    count_flops,
+)
+from autosearch.search.results.exported import (
+    CARD,
+    FORMAT,
+    INFO,
+    WEIGHTS,
+    ExportError,
+    load_weights,
+    sha256_of,
+    test_accuracy,
+)
+from autosearch.search.training.data import prepare_data
+from autosearch.search.training.device import resolve_device
+from autosearch.search.training.recipe import RecipeError, TrainRecipe
+from autosearch.search.training.trainer import EpochReport, train
 from optuna.trial import FrozenTrial
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from models import ArchSpec, BudgetError, SpecError, build_model, check_budget, count_flops
-from models import count_params as spec_params
-from search.data import CifarData, prepare_data
-from search.recipe import RecipeError, TrainRecipe
-from search.trainer import EpochReport, evaluate, resolve_device, train
-
-WEIGHTS, INFO, CARD = "model.safetensors", "model.json", "README.md"
-FORMAT = "autosearch-export-1"
 LIBRARIES = ("autosearch", "torch", "torchvision", "optuna", "safetensors", "numpy")
+
+
 SELECTION = "first seed (never chosen on the test set)"
 
 
-class ExportError(ValueError):
-    """An export cannot be made, or a folder is not a valid export."""
+PLATEAU_VAL_SIZE = 10_000  # held out when the schedule reacts to validation loss
 
 
 # --------------------------------------------------------------------------- provenance
-
-
-PLATEAU_VAL_SIZE = 10_000  # held out when the schedule reacts to validation loss
 
 
 def versions() -> dict[str, str]:
@@ -93,51 +102,9 @@ def git_revision() -> str:
     return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _finite(x: float) -> float | None:
     """JSON has no NaN: an accuracy that was not measured is null."""
     return x if x is not None and math.isfinite(x) else None
-
-
-# --------------------------------------------------------------------------- evaluation
-
-
-@contextlib.contextmanager
-def _deterministic() -> Iterator[None]:
-    # cuDNN may pick its kernels by timing; fixed choices make a re-run give equal logits.
-    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True):
-        yield
-
-
-def _place(model: nn.Module, device: torch.device) -> nn.Module:
-    """The layout the trainer used, so a reloaded model runs the same kernels."""
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-    return model.eval()
-
-
-def test_accuracy(
-    model: nn.Module, data: CifarData, recipe: TrainRecipe, device: torch.device
-) -> tuple[float, float]:
-    """(loss, accuracy) on the test split, the same way for export and for evaluate."""
-    with _deterministic():
-        return evaluate(
-            _place(model, device),
-            data.test_x,
-            data.test_y,
-            data.mean,
-            data.std,
-            tta=recipe.tta,
-            device=device,
-        )
 
 
 # ------------------------------------------------------------------------------- export
@@ -226,7 +193,7 @@ def export_trial(
             folder.mkdir(parents=True, exist_ok=True)
             save_file(_state(model), str(folder / WEIGHTS), metadata={"arch": spec.to_json()})
             # Test the file, not the in-memory model: the number is then what a reload gives.
-            model = _load_weights(folder / WEIGHTS, spec, params)
+            model = load_weights(folder / WEIGHTS, spec, params)
         test_loss, test_acc = test_accuracy(model, data, recipe, dev)
         runs.append(
             {
@@ -272,7 +239,7 @@ def export_trial(
             "val_acc": _finite(trial.value) if trial.value is not None else None,
             "epochs": trial.user_attrs.get("epochs_run"),
         },
-        "weights_sha256": _sha256(folder / WEIGHTS),
+        "weights_sha256": sha256_of(folder / WEIGHTS),
         "versions": versions(),
         "git_revision": git_revision(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -316,7 +283,7 @@ The test accuracy averages the logits of each image and its mirror image when fl
 is on.
 
 ```python
-from search import load_best_model
+from autosearch import load_best_model
 
 model = load_best_model("path/to/this/folder")  # eval mode, on the CPU
 ```
@@ -324,116 +291,3 @@ model = load_best_model("path/to/this/folder")  # eval mode, on the CPU
 `autosearch evaluate path/to/this/folder` rebuilds the model from `model.json`, checks
 the weights against it and measures the test accuracy again.
 """
-
-
-# ------------------------------------------------------------------------ load and check
-
-
-def read_info(folder: str | Path) -> dict[str, Any]:
-    path = Path(folder) / INFO
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ExportError(f"{path} does not exist; is {folder} an export folder?") from None
-    except json.JSONDecodeError as e:
-        raise ExportError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise ExportError(f"{path} is not an autosearch export ({FORMAT})")
-    return info
-
-
-def _load_weights(path: Path, spec: ArchSpec, params: int) -> nn.Module:
-    """The model of `spec` with the weights of `path`, refusing any mismatch."""
-    with safe_open(str(path), framework="pt") as f:
-        stored = (f.metadata() or {}).get("arch")
-    if stored is None or json.loads(stored) != spec.to_dict():
-        raise ExportError(f"{path.name} was saved for another architecture than model.json's")
-    state = load_file(str(path))
-    model = build_model(spec)
-    in_file = sum(state[k].numel() for k, _ in model.named_parameters() if k in state)
-    if in_file != params:
-        raise ExportError(f"{path.name} holds {in_file:,} parameters, model.json says {params:,}")
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
-        raise ExportError(f"{path.name} does not fit the architecture: {first}") from None
-    return model.eval()
-
-
-def load_export(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The checked model (CPU, eval mode) and model.json of an export folder.
-
-    Refuses, with `ExportError`, a folder whose spec, parameter count, budget or weights
-    file disagree.
-    """
-    folder = Path(folder)
-    info = read_info(folder)
-    try:
-        spec = ArchSpec.from_dict(info["arch"])
-        params = int(info["params"])
-    except (KeyError, TypeError, SpecError) as e:
-        raise ExportError(f"{folder / INFO} has no valid arch: {e}") from None
-    counted = spec_params(spec)
-    if counted != params:
-        raise ExportError(f"model.json says {params:,} parameters but its arch has {counted:,}")
-    if params > int(info.get("max_params", params)):
-        raise ExportError(f"{params:,} parameters exceed the budget {info['max_params']:,}")
-    weights = folder / WEIGHTS
-    if not weights.exists():
-        raise ExportError(f"{weights} does not exist")
-    if info.get("weights_sha256") not in (None, _sha256(weights)):
-        raise ExportError(f"{weights} is not the file model.json describes (sha256 differs)")
-    return _load_weights(weights, spec, params), info
-
-
-def load_best_model(folder: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
-    """The trained model of an export folder, checked against its spec, in eval mode.
-
-    Feed it (B, 3, 32, 32) images scaled to [0, 1] and normalised with model.json's
-    data.mean and data.std; it returns (B, 10) logits.
-    """
-    model, _ = load_export(folder)
-    return model.to(resolve_device(device)).eval()
-
-
-def evaluate_export(
-    folder: str | Path, *, data_dir: str | None = None, device: str = "auto"
-) -> dict[str, Any]:
-    """Rebuild an export, load its weights and measure its test accuracy again.
-
-    The test split is rebuilt from model.json's data settings; `data_dir` overrides the
-    recorded folder. Returns test_acc, the recorded value and whether they are equal.
-    """
-    model, info = load_export(folder)
-    d = info["data"]
-    dev = resolve_device(device)
-    data = prepare_data(
-        data_dir or d.get("data_dir"),
-        val_size=d["val_size"],
-        subset=d["subset"],
-        seed=d["seed"],
-        device=dev,
-    )
-    if len(data.test_y) != d["test_images"] or not all(
-        math.isclose(a, b, rel_tol=1e-6) for a, b in zip(data.mean, d["mean"], strict=True)
-    ):
-        raise ExportError(
-            f"the data found ({len(data.test_y)} test images, mean "
-            f"{tuple(round(m, 4) for m in data.mean)}) is not the data of the export "
-            f"({d['test_images']} test images, mean {tuple(round(m, 4) for m in d['mean'])})"
-        )
-    # The export's normalisation, not a recomputed one, defines the model's inputs.
-    data.mean, data.std = tuple(d["mean"]), tuple(d["std"])
-    recipe = TrainRecipe.from_dict(info["recipe"])
-    test_loss, test_acc = test_accuracy(model, data, recipe, dev)
-    return {
-        "test_acc": test_acc,
-        "test_loss": test_loss,
-        "recorded_test_acc": info["test_acc"],
-        "match": test_acc == info["test_acc"],
-        "device": dev.type,
-        "recorded_device": info.get("device"),
-        "params": info["params"],
-        "test_images": len(data.test_y),
-    }

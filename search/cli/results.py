@@ -1,4 +1,4 @@
-"""`autosearch dashboard`, `report`, `export` and `evaluate`: looking at and using results."""
+"""`autosearch dashboard`, `report`, `export` and `evaluate`: look at and use results."""
 
 from __future__ import annotations
 
@@ -7,19 +7,32 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
-from search.cli import app, console, err_console, fail
-from search.cli_search import StorageOpt, StudyOpt, load_existing, open_storage
-from search.study import MAX_PARAMS_ATTR, top_trials
-from storage.urls import StorageURLError, mask_url, resolve_url
+from autosearch.search.cli.app import (
+    DataDirOpt,
+    DeviceOpt,
+    JsonOpt,
+    StorageOpt,
+    StudyOpt,
+    app,
+    console,
+    err_console,
+    fail,
+)
 
 DASHBOARD_HINT = "pip install 'autosearch[dashboard]'"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
-def _read_only_storage(url: str | None):
-    # Reading results needs no heartbeats and must never retry somebody's trial.
-    return open_storage(url, heartbeat_interval=None, max_retry=None)
+def _read_only(url: str | None, study: str | None = None):
+    """(url, storage, study): reading results needs no heartbeats and must never retry
+    somebody's trial."""
+    from autosearch.search.tuning.session import SessionError, load_existing, open_storage
+
+    try:
+        resolved, rdb = open_storage(url, heartbeat_interval=None, max_retry=None)
+        return resolved, rdb, load_existing(study, rdb) if study is not None else None
+    except SessionError as e:
+        fail(str(e))
 
 
 @app.command()
@@ -33,11 +46,9 @@ def dashboard(
         import optuna_dashboard
     except ImportError:
         fail(f"optuna-dashboard is not installed; install it with: {DASHBOARD_HINT}")
-    try:
-        url = resolve_url(storage)
-    except StorageURLError as e:
-        fail(str(e))
-    rdb = _read_only_storage(url)
+    from autosearch.storage.urls import mask_url
+
+    url, rdb, _ = _read_only(storage)
     if host not in LOCAL_HOSTS:
         err_console.print(
             f"warning: binding {host}; anyone who reaches this machine can read the studies",
@@ -64,9 +75,9 @@ def report(
     top: Annotated[int, typer.Option(help="Trials in the top table.", min=1)] = 10,
 ) -> None:
     """Write one self-contained HTML report of a study (opens with no network)."""
-    from search.report import write_report
+    from autosearch.search.results.report import write_report
 
-    s = load_existing(study, _read_only_storage(storage))
+    _, _, s = _read_only(storage, study)
     try:
         path = write_report(s, out, top=top)
     except OSError as e:
@@ -95,14 +106,17 @@ def export(
     ] = None,
     subset: Annotated[int | None, typer.Option(help="Stratified training subset size.")] = None,
     seed: Annotated[int, typer.Option(help="Split seed; run i trains with seed + i.")] = 0,
-    data_dir: Annotated[str | None, typer.Option(help="CIFAR-10 folder or archive.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    data_dir: DataDirOpt = None,
+    device: DeviceOpt = "auto",
     force: Annotated[bool, typer.Option(help="Replace an existing export.")] = False,
 ) -> None:
     """Retrain the best trial on the full training set, test once and save it."""
-    from search.export import ExportError, export_trial
+    from autosearch.search.results.export import export_trial
+    from autosearch.search.results.exported import ExportError
+    from autosearch.search.tuning.outcomes import top_trials
+    from autosearch.search.tuning.study import MAX_PARAMS_ATTR
 
-    s = load_existing(study, _read_only_storage(storage))
+    _, _, s = _read_only(storage, study)
     if trial is None:
         top = top_trials(s, 1)
         if not top:
@@ -156,15 +170,15 @@ def export(
 @app.command("evaluate")
 def evaluate_command(
     folder: Annotated[Path, typer.Argument(help="Export folder.")],
-    data_dir: Annotated[str | None, typer.Option(help="CIFAR-10 folder or archive.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    data_dir: DataDirOpt = None,
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
 ) -> None:
     """Rebuild an exported model, check it and measure its test accuracy again.
 
     Exits 1 when the accuracy differs from the recorded one.
     """
-    from search.export import ExportError, evaluate_export
+    from autosearch.search.results.exported import ExportError, evaluate_export
 
     try:
         result = evaluate_export(folder, data_dir=data_dir, device=device)

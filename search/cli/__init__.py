@@ -1,0 +1,19 @@
+"""The `autosearch` command line: thin commands over the library.
+
+`app` holds the Typer app, its consoles, the one-line error exit and the options that
+several commands share; `views` prints trials and studies. Each other module is one
+group of commands, and no command module imports another: `arch` (count or train one
+architecture), `study` (start a study, join it as a worker), `studies` (list, status,
+best) and `results` (dashboard, report, export, evaluate). A command parses its
+options, calls one library function and prints.
+"""
+
+from autosearch.search.cli import arch, results, studies, study  # noqa: F401 - registers
+from autosearch.search.cli.app import app
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,52 @@
+"""The Typer app, its consoles, the one-line error exit and the options commands share.
+
+Importing this module is cheap: no torch, no plotly. Each command imports the library
+code it calls inside its body, so `autosearch --help` starts fast.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    help="Search CIFAR-10 ResNets under a parameter budget with Optuna.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True)
+
+EXIT_BAD_INPUT = 2
+EXIT_OVER_BUDGET = 3
+
+
+@app.callback()
+def _root() -> None:
+    """Search CIFAR-10 ResNets under a parameter budget with Optuna."""
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
+    """Print one error line and exit; never a traceback."""
+    err_console.print(f"error: {message}", highlight=False, markup=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def say(text: str) -> None:
+    """Print a plain line: no markup, no highlighting, never wrapped."""
+    console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+
+# Options shared by several commands.
+StudyOpt = Annotated[str, typer.Option("--study", help="Study name.")]
+StorageOpt = Annotated[
+    str | None,
+    typer.Option(help="SQLAlchemy URL (default: $AUTOSEARCH_STORAGE or ./autosearch.db)."),
+]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")]
+DataDirOpt = Annotated[str | None, typer.Option(help="CIFAR-10 folder or archive.")]
+MaxParamsOpt = Annotated[int, typer.Option(help="Parameter budget.", min=1)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]

@@ -1,0 +1,81 @@
+"""`autosearch studies`, `status` and `best`: read a storage's studies."""
+
+from __future__ import annotations
+
+import json
+
+from autosearch.search.cli.app import JsonOpt, StorageOpt, StudyOpt, app, console, fail
+from rich.table import Table
+
+
+def _open(storage: str | None, study: str | None = None):
+    """The read-only storage (no heartbeats, no retries of anybody's trial) and study."""
+    from autosearch.search.tuning.session import SessionError, load_existing, open_storage
+
+    try:
+        _, rdb = open_storage(storage, heartbeat_interval=None, max_retry=None)
+        return rdb, load_existing(study, rdb) if study is not None else None
+    except SessionError as e:
+        fail(str(e))
+
+
+@app.command()
+def studies(storage: StorageOpt = None) -> None:
+    """List the studies in a storage."""
+    import optuna
+    from autosearch.search.tuning.outcomes import top_trials
+    from autosearch.search.tuning.study import SPACE_ATTR
+
+    rdb, _ = _open(storage)
+    table = Table("study", "space", "trials", "best val acc")
+    for name in sorted(optuna.get_all_study_names(rdb)):
+        s = optuna.load_study(study_name=name, storage=rdb)
+        top = top_trials(s, 1)
+        space = s.user_attrs.get(SPACE_ATTR, {}).get("name", "-")
+        table.add_row(name, space, str(len(s.trials)), f"{top[0].value:.4f}" if top else "-")
+    console.print(table)
+
+
+@app.command()
+def status(study: StudyOpt, storage: StorageOpt = None) -> None:
+    """Count a study's trials by state and show the top 5."""
+    from autosearch.search.cli.views import short_arch
+    from autosearch.search.tuning.outcomes import count_outcomes, top_trials
+
+    _, s = _open(storage, study)
+    counts = count_outcomes(s)
+    console.print(
+        "  ".join(
+            f"{k} {counts[k]}"
+            for k in ("complete", "pruned", "infeasible", "failed", "running", "waiting")
+        ),
+        highlight=False,
+    )
+    table = Table("#", "val acc", "params", "epochs", "arch (widths x repeats)", "optimizer")
+    for t in top_trials(s, 5):
+        a = t.user_attrs
+        table.add_row(
+            str(t.number),
+            f"{t.value:.4f}",
+            f"{a['params']:,}",
+            str(a.get("epochs_run", "-")),
+            short_arch(a.get("arch")),
+            a.get("recipe", {}).get("optimizer", "-"),
+        )
+    console.print(table)
+
+
+@app.command()
+def best(study: StudyOpt, storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
+    """Print the best trial's architecture, recipe, accuracy and parameter count."""
+    from autosearch.search.cli.views import print_best
+    from autosearch.search.tuning.outcomes import top_trials, trial_summary
+
+    _, s = _open(storage, study)
+    top = top_trials(s, 1)
+    if not top:
+        fail(f"study {study!r} has no complete trial yet", code=1)
+    if as_json:
+        print(json.dumps(trial_summary(top[0])))
+    else:
+        print_best(s)

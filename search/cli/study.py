@@ -1,0 +1,199 @@
+"""`autosearch start` and `autosearch worker`: run a study's trials."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+from autosearch.models import DEFAULT_MAX_PARAMS
+from autosearch.search.cli.app import (
+    DataDirOpt,
+    DeviceOpt,
+    MaxParamsOpt,
+    StorageOpt,
+    StudyOpt,
+    app,
+    console,
+    fail,
+    say,
+)
+from autosearch.search.tuning.study import PRUNERS, SAMPLERS
+
+# Options that place workers on this machine; `start` and `worker` share them.
+GpusOpt = Annotated[
+    str | None, typer.Option(help="Launch workers on these GPUs: all, or indices like 0,1,3.")
+]
+PerGpuOpt = Annotated[
+    str, typer.Option(help="Worker processes per GPU: a number, or auto (see README).")
+]
+WorkersOpt = Annotated[int, typer.Option(help="CPU worker processes (without --gpus).", min=1)]
+RestartsOpt = Annotated[
+    int, typer.Option(help="Restarts of a crashed worker before it is given up.", min=0)
+]
+LogDirOpt = Annotated[str, typer.Option(help="Folder of the launched workers' logs.")]
+CheckpointOpt = Annotated[
+    str, typer.Option(help="Per-epoch checkpoints; share it between machines to resume there.")
+]
+
+
+def _quiet_logs(worker: bool) -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if worker:
+        # Resume messages and skipped checkpoints belong in a worker's log.
+        logging.getLogger("autosearch").setLevel(logging.INFO)
+
+
+def _report(outcome) -> None:
+    """Print how a session ended and exit with its code."""
+    from autosearch.search.cli.views import print_best
+
+    if outcome.mode == "queued":
+        return
+    if outcome.mode == "launched":
+        say(f"workers done: {outcome.crashes} crash(es), {outcome.restarts} restart(s)")
+    elif outcome.interrupted:
+        say("interrupted: the running trial was marked failed")
+    print_best(outcome.study)
+    if outcome.interrupted:
+        raise typer.Exit(130)
+    if outcome.left and not outcome.timed_out:
+        fail(
+            f"{outcome.left} trial(s) of the budget were not run; see the worker logs in "
+            f"{outcome.log_dir}",
+            1,
+        )
+    if outcome.given_up:
+        names = ", ".join(s.label for s in outcome.given_up)
+        fail(f"{names} gave up; see the worker logs in {outcome.log_dir}", 1)
+
+
+def _run(call, request, *, worker: bool):
+    from autosearch.search.cli.views import TrialLines
+    from autosearch.search.tuning.session import SessionError
+
+    _quiet_logs(worker)
+    try:
+        return call(request, say=say, console=console, on_trial_end=TrialLines())
+    except SessionError as e:
+        fail(str(e))
+    except Exception as e:  # data not found and the like: one line, no traceback
+        fail(f"{type(e).__name__}: {e}")
+
+
+@app.command()
+def start(
+    study: StudyOpt,
+    preset: Annotated[str | None, typer.Option(help="Space preset if not the study name.")] = None,
+    space: Annotated[str | None, typer.Option("--space", help="TOML search space file.")] = None,
+    trials: Annotated[int, typer.Option(help="Trials to run in this call.", min=0)] = 20,
+    timeout: Annotated[float | None, typer.Option(help="Stop starting trials after SEC.")] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Epochs per trial (pins the space).", min=1)
+    ] = None,
+    subset: Annotated[int | None, typer.Option(help="Stratified training subset size.")] = None,
+    val_size: Annotated[int, typer.Option(help="Validation images (of 50,000).", min=0)] = 10_000,
+    device: DeviceOpt = "auto",
+    data_dir: DataDirOpt = None,
+    storage: StorageOpt = None,
+    seed: Annotated[int, typer.Option(help="Sampler and training seed.")] = 0,
+    sampler: Annotated[str, typer.Option(help="|".join(SAMPLERS))] = "tpe",
+    pruner: Annotated[str, typer.Option(help="|".join(PRUNERS))] = "median",
+    max_params: MaxParamsOpt = DEFAULT_MAX_PARAMS,
+    checkpoint_dir: CheckpointOpt = "checkpoints",
+    heartbeat: Annotated[int, typer.Option(help="Heartbeat interval, s.", min=1)] = 30,
+    grace: Annotated[
+        int, typer.Option(help="Seconds without heartbeat before a trial is dead.")
+    ] = 120,
+    gpus: GpusOpt = None,
+    workers_per_gpu: PerGpuOpt = "1",
+    workers: WorkersOpt = 1,
+    max_restarts: RestartsOpt = 3,
+    log_dir: LogDirOpt = "logs",
+    enqueue_only: Annotated[
+        bool,
+        typer.Option(help="Only create the study and queue the trials, for `autosearch worker`s."),
+    ] = False,
+) -> None:
+    """Create or resume a study and run its trials: in this process, or in worker
+    processes with --workers N (CPU) or --gpus G --workers-per-gpu K."""
+    from autosearch.search.tuning import session
+    from autosearch.storage.urls import mask_url
+
+    request = session.StartRequest(
+        study=study,
+        storage=storage,
+        preset=preset,
+        space_file=space,
+        trials=trials,
+        timeout=timeout,
+        epochs=epochs,
+        max_params=max_params,
+        sampler=sampler,
+        pruner=pruner,
+        seed=seed,
+        subset=subset,
+        val_size=val_size,
+        heartbeat=heartbeat,
+        grace=grace,
+        enqueue_only=enqueue_only,
+        placement=session.Placement(
+            gpus=gpus,
+            workers_per_gpu=workers_per_gpu,
+            workers=workers,
+            device=device,
+            data_dir=data_dir,
+            checkpoint_dir=checkpoint_dir,
+            max_restarts=max_restarts,
+            log_dir=log_dir,
+        ),
+    )
+    outcome = _run(session.start, request, worker=False)
+    if outcome.mode == "queued":
+        say(f"study {study} on {mask_url(outcome.url)}: {trials} trial(s) queued for workers")
+    _report(outcome)
+
+
+@app.command()
+def worker(
+    study: StudyOpt,
+    storage: StorageOpt = None,
+    gpus: GpusOpt = None,
+    workers_per_gpu: PerGpuOpt = "1",
+    workers: WorkersOpt = 1,
+    device: DeviceOpt = "auto",
+    data_dir: DataDirOpt = None,
+    checkpoint_dir: CheckpointOpt = "checkpoints",
+    worker_index: Annotated[
+        int | None,
+        typer.Option(help="Sampler seed offset (study seed + index); default: a fresh seed."),
+    ] = None,
+    max_restarts: RestartsOpt = 3,
+    log_dir: LogDirOpt = "logs",
+) -> None:
+    """Join a study made by `autosearch start` and run its queued trials.
+
+    The space, budget, sampler, pruner, data split and heartbeat come from the study;
+    only where the data, GPUs and checkpoints are on this machine is given here.
+    """
+    from autosearch.search.tuning import session
+
+    request = session.JoinRequest(
+        study=study,
+        storage=storage,
+        worker_index=worker_index,
+        placement=session.Placement(
+            gpus=gpus,
+            workers_per_gpu=workers_per_gpu,
+            workers=workers,
+            device=device,
+            data_dir=data_dir,
+            checkpoint_dir=checkpoint_dir,
+            max_restarts=max_restarts,
+            log_dir=log_dir,
+        ),
+    )
+    _report(_run(session.join, request, worker=True))

@@ -1,0 +1,72 @@
+"""The named search spaces: `zigzag` (the default), `deep-narrow`, `resnet` and `recipe`."""
+
+from __future__ import annotations
+
+from autosearch.search.space.schema import (
+    SEARCHABLE_AUGMENTS,
+    ArchSpace,
+    RecipeSpace,
+    SearchSpace,
+    SpaceError,
+)
+from autosearch.search.training.recipe import OPTIMIZERS, SCHEDULES
+
+SPACES: dict[str, SearchSpace] = {
+    # Free zig-zag schedules: 3-7 stages, any width per stage.
+    "zigzag": SearchSpace(
+        name="zigzag",
+        seeds=(("zigzag", "seed"), ("zigzag", "fast"), ("resnet18-1111", "fast")),
+    ),
+    # Four monotonic stages, narrow and deep.
+    "deep-narrow": SearchSpace(
+        name="deep-narrow",
+        arch=ArchSpace(
+            stages=(4, 4),
+            widths=(16, 64),
+            monotonic=True,
+            growth=(1.5, 2.0),
+            repeats=(2, 13),
+            downsamples=(3, 3),
+            stem_widths=(16, 32),
+        ),
+    ),
+    # The classic four-stage ResNet shape with doubling-ish widths.
+    "resnet": SearchSpace(
+        name="resnet",
+        arch=ArchSpace(
+            stages=(4, 4),
+            widths=(32, 96),
+            monotonic=True,
+            growth=(1.5, 2.5),
+            repeats=(1, 3),
+            kernels=(3,),
+            skip_kernels=(1,),
+            downsamples=(3, 3),
+            stem_widths=(32, 64),
+        ),
+    ),
+    # The seed's fixed ZigZag net with the seed report's recipe space.
+    "recipe": SearchSpace(
+        name="recipe",
+        arch=ArchSpace(fixed="zigzag"),
+        recipe=RecipeSpace(
+            optimizers=OPTIMIZERS,
+            batch_sizes=(32, 64, 128),
+            schedules=SCHEDULES,
+            lr_mult=(0.1, 3.0),
+            momentum=(0.5, 0.95),
+            weight_decay=(1e-5, 5e-3),
+            ema=(0.0, 0.999),
+            augments=SEARCHABLE_AUGMENTS,
+        ),
+    ),
+}
+
+
+def get_space(name: str) -> SearchSpace:
+    try:
+        return SPACES[name]
+    except KeyError:
+        raise SpaceError(
+            f"unknown study space {name!r}; choose from {', '.join(SPACES)} or pass --space FILE"
+        ) from None

@@ -1,0 +1,229 @@
+"""Sampling: the only code that calls `trial.suggest_*`.
+
+`sample(trial, space)` turns one Optuna trial into an `ArchSpec` and a `TrainRecipe`.
+It runs the same under a live trial and under `optuna.trial.FixedTrial`, so any trial's
+parameters rebuild what it trained.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+import optuna
+from autosearch.models import ArchSpec, StageSpec, count_params, get_preset
+from autosearch.models.spec import INPUT_SIZE
+from autosearch.search.space.schema import ArchSpace, RecipeSpace, SearchSpace
+from autosearch.search.training.recipe import AugmentSpec, TrainRecipe, get_recipe
+
+# The learning rate is searched as a multiple of a per-optimizer base rate, so one range
+# suits every optimizer: SGD wants ~0.1 at batch 512, Adam ~1e-3.
+BASE_LR = {
+    "sgd": 0.1,
+    "nesterov": 0.1,
+    "asgd": 0.1,
+    "adam": 1e-3,
+    "adamw": 1e-3,
+    "adamax": 2e-3,
+    "adagrad": 0.02,
+    "rmsprop": 5e-4,
+    "adadelta": 1.0,
+}
+
+
+WIDTH_MULTIPLE = 8  # widths are rounded to multiples of 8, which tensor cores like
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What one trial trains: the architecture, the recipe and how the arch was fitted."""
+
+    arch: ArchSpec
+    recipe: TrainRecipe
+    shrink: float = 1.0  # common width factor applied to fit the budget (1.0: none)
+
+
+def _round_width(w: float, low: int) -> int:
+    return max(low, int(round(w / WIDTH_MULTIPLE)) * WIDTH_MULTIPLE)
+
+
+def _sample_arch(trial: optuna.Trial, a: ArchSpace) -> ArchSpec:
+    if a.fixed is not None:
+        return get_preset(a.fixed)
+    n = trial.suggest_int("stages", *a.stages)
+    lo, hi = a.widths
+    if a.monotonic:
+        base = trial.suggest_int("width_base", lo, hi, log=True)
+        growth = trial.suggest_float("width_growth", *a.growth)
+        widths = [min(4096, _round_width(base * growth**i, lo)) for i in range(n)]
+    else:
+        widths = [
+            _round_width(trial.suggest_int(f"width_{i}", lo, hi, log=True), lo) for i in range(n)
+        ]
+    repeats = [trial.suggest_int(f"repeats_{i}", *a.repeats) for i in range(n)]
+    kernels = [trial.suggest_categorical(f"kernel_{i}", a.kernels) for i in range(n)]
+    skip = trial.suggest_categorical("skip_kernel", a.skip_kernels)
+    # Downsampling positions: the number of stride-2 stages, then where each falls as a
+    # fraction of depth. Fractions keep a fixed meaning whatever the stage count.
+    max_down = min(a.downsamples[1], n - 1, 5)
+    downs = trial.suggest_int("downsamples", min(a.downsamples[0], max_down), max_down)
+    strided: set[int] = set()
+    for j in range(downs):
+        pos = trial.suggest_float(f"down_at_{j}", 0.0, 1.0)
+        free = [i for i in range(1, n) if i not in strided]
+        strided.add(free[min(len(free) - 1, int(pos * len(free)))])
+    stem = trial.suggest_categorical("stem_width", a.stem_widths)
+    final = INPUT_SIZE >> len(strided)
+    pools = [p for p in a.pools if p <= final] or [0]
+    pool = trial.suggest_categorical("pool", a.pools)
+    pool = pool if pool in pools else 0
+    stages = tuple(
+        StageSpec(w, r, 2 if i in strided else 1, k, skip)
+        for i, (w, r, k) in enumerate(zip(widths, repeats, kernels, strict=True))
+    )
+    return ArchSpec(stages=stages, stem_width=stem, pool=pool)
+
+
+def shrink_to_budget(spec: ArchSpec, limit: int, low: int = 16) -> tuple[ArchSpec, float]:
+    """Scale every stage width by one factor (largest that fits), rounding to 8s.
+
+    Returns the spec unchanged with factor 1.0 when it already fits, and the smallest
+    spec with factor 0.0 when even `low`-wide stages do not fit.
+    """
+    if count_params(spec) <= limit:
+        return spec, 1.0
+
+    def scaled(f: float) -> ArchSpec:
+        stages = tuple(replace(s, width=_round_width(s.width * f, low)) for s in spec.stages)
+        return replace(spec, stages=stages)
+
+    lo_f, hi_f = 0.0, 1.0
+    for _ in range(30):
+        mid = (lo_f + hi_f) / 2
+        if count_params(scaled(mid)) <= limit:
+            lo_f = mid
+        else:
+            hi_f = mid
+    return scaled(lo_f), lo_f
+
+
+def _sample_recipe(trial: optuna.Trial, r: RecipeSpace) -> TrainRecipe:
+    if r.fixed is not None:
+        return get_recipe(r.fixed)
+    opt = trial.suggest_categorical("optimizer", r.optimizers)
+    lr = BASE_LR[opt] * trial.suggest_float("lr_mult", *r.lr_mult, log=True)
+    momentum = trial.suggest_float("momentum", *r.momentum)
+    wd_lo, wd_hi = r.weight_decay
+    wd = trial.suggest_float("weight_decay", max(wd_lo, 1e-8), wd_hi, log=True) if wd_hi else 0.0
+    batch = trial.suggest_categorical("batch_size", r.batch_sizes)
+    epochs = trial.suggest_int("epochs", *r.epochs)
+    schedule = trial.suggest_categorical("schedule", r.schedules)
+    extra: dict[str, Any] = {}
+    if schedule == "onecycle":
+        extra["warmup"] = trial.suggest_float("warmup", 0.1, 0.4)
+    elif schedule == "step":
+        extra["step_epochs"] = trial.suggest_int("step_epochs", max(1, epochs // 4), epochs)
+        extra["gamma"] = trial.suggest_float("gamma", 0.1, 0.5)
+    elif schedule == "cosine_restarts":
+        extra["restart_epochs"] = trial.suggest_int("restart_epochs", 1, max(1, epochs // 2))
+        extra["restart_mult"] = trial.suggest_int("restart_mult", 1, 2)
+    elif schedule == "cyclic":
+        extra["cyclic_epochs"] = trial.suggest_float("cyclic_epochs", 0.5, 4.0)
+        extra["cyclic_base"] = trial.suggest_float("cyclic_base", 0.01, 0.5, log=True)
+    elif schedule in ("plateau", "zigzag_plateau"):
+        extra["plateau_factor"] = trial.suggest_float("plateau_factor", 0.1, 0.7)
+        extra["plateau_patience"] = trial.suggest_int("plateau_patience", 0, 5)
+        extra["plateau_mode"] = trial.suggest_categorical("plateau_mode", ("min", "max"))
+    smoothing = trial.suggest_float("label_smoothing", *r.label_smoothing)
+    ema = trial.suggest_categorical("ema", r.ema)
+    return TrainRecipe(
+        optimizer=opt,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=wd,
+        batch_size=batch,
+        epochs=epochs,
+        schedule=schedule,
+        label_smoothing=smoothing,
+        ema=float(ema),
+        tta=r.tta,
+        augment=_sample_augment(trial, r.augments),
+        **extra,
+    )
+
+
+def _sample_augment(trial: optuna.Trial, names: tuple[str, ...]) -> tuple[AugmentSpec, ...]:
+    augs: list[AugmentSpec] = []
+    if "crop" in names:
+        mode = trial.suggest_categorical("aug_crop", ("reflect", "zero", "off"))
+        if mode != "off":
+            augs.append(
+                AugmentSpec("crop", {"pad": trial.suggest_int("aug_crop_pad", 2, 4), "mode": mode})
+            )
+    if "flip" in names and trial.suggest_categorical("aug_flip", (True, False)):
+        augs.append(AugmentSpec("flip"))
+    if "resized_crop" in names:
+        p = trial.suggest_float("aug_resized_crop_p", 0.0, 0.5)
+        if p > 0.05:
+            scale = trial.suggest_float("aug_resized_crop_scale", 0.3, 0.9)
+            augs.append(AugmentSpec("resized_crop", {"p": p, "scale_min": scale}))
+    for name in ("rotate", "affine"):
+        if name in names:
+            p = trial.suggest_float(f"aug_{name}_p", 0.0, 0.5)
+            if p > 0.05:
+                augs.append(AugmentSpec(name, {"p": p}))
+    if "erase" in names:
+        p = trial.suggest_float("aug_erase_p", 0.0, 0.5)
+        if p > 0.05:
+            augs.append(AugmentSpec("erase", {"p": p}))
+    if "cutout" in names:
+        size = trial.suggest_int("aug_cutout", 0, 16, step=4)
+        if size:
+            augs.append(AugmentSpec("cutout", {"size": size}))
+    return tuple(augs)
+
+
+def sample(trial: optuna.Trial, space: SearchSpace, *, max_params: int) -> Sample:
+    """Draw one architecture and recipe from `space` for `trial`.
+
+    Over-budget architectures are shrunk to fit when the space says `fit_budget`;
+    otherwise they come back as drawn, and the caller records them as infeasible.
+    """
+    arch = _sample_arch(trial, space.arch)
+    recipe = _sample_recipe(trial, space.recipe)
+    shrink = 1.0
+    if space.arch.fixed is None and space.arch.fit_budget:
+        fitted, shrink = shrink_to_budget(arch, max_params, low=space.arch.widths[0])
+        if shrink > 0:
+            arch = fitted
+    return Sample(arch=arch, recipe=recipe, shrink=shrink)
+
+
+def infeasible_rate(
+    space: SearchSpace,
+    n: int,
+    *,
+    max_params: int,
+    sampler: optuna.samplers.BaseSampler | None = None,
+) -> tuple[float, list[int]]:
+    """Sample `n` trials with a stand-in objective and no training.
+
+    The stand-in scores feasible nets by log(params) and infeasible ones 0, with the
+    budget set as a trial constraint, so a model-based sampler is pushed toward the
+    limit as a real search would be. The default sampler is random with seed 0.
+
+    Returns the infeasible share and the list of parameter counts.
+    """
+    sampler = sampler or optuna.samplers.RandomSampler(seed=0)
+    study = optuna.create_study(sampler=sampler, direction="maximize")
+    counts = []
+    bad = 0
+    for _ in range(n):
+        trial = study.ask()
+        p = count_params(sample(trial, space, max_params=max_params).arch)
+        counts.append(p)
+        bad += p > max_params
+        trial.set_constraint("params", float(p - max_params))
+        study.tell(trial, 0.0 if p > max_params else math.log(p))
+    return bad / n, counts

@@ -1,0 +1,450 @@
+"""What `autosearch start` and `autosearch worker` do, callable without the command line.
+
+A session validates its request, opens the storage, creates or resumes the study (or
+joins one), queues the trial budget and then runs the trials: in this process, or in
+worker processes placed on this machine's GPUs or CPU cores by the launcher. Nothing is
+printed here: messages go to a `say` callback and the launcher's console, and every
+refusal is a `SessionError` whose message names the bad value.
+
+Example:
+    >>> request = StartRequest(study="demo", preset="zigzag", trials=4)  # doctest: +SKIP
+    >>> outcome = start(request)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import secrets
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+from autosearch.models import DEFAULT_MAX_PARAMS
+from autosearch.search.space import (
+    SPACES,
+    SearchSpace,
+    SpaceError,
+    get_space,
+    load_space,
+    space_from_stored,
+    with_epochs,
+)
+from autosearch.search.tuning.budget import reserve_trials
+from autosearch.search.tuning.launcher import (
+    Launcher,
+    LaunchError,
+    Slot,
+    parse_gpus,
+    plan_slots,
+    visible_gpus,
+)
+from autosearch.search.tuning.objective import Objective, RunConfig
+from autosearch.search.tuning.study import (
+    MAX_PARAMS_ATTR,
+    SPACE_ATTR,
+    RunSettings,
+    StudyError,
+    load_run_settings,
+    make_pruner,
+    make_sampler,
+    open_study,
+    sampler_seed,
+    store_run_settings,
+)
+from autosearch.search.tuning.worker import run_worker
+from autosearch.storage.optuna_storage import StorageError, make_storage
+from autosearch.storage.urls import StorageURLError, is_sqlite, mask_url, resolve_url
+from optuna.trial import FrozenTrial
+from rich.console import Console
+
+Say = Callable[[str], None]
+TrialEnd = Callable[[optuna.Study, FrozenTrial], None]
+
+
+class SessionError(ValueError):
+    """A session cannot start as asked; the message names the bad value."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where this machine runs trials: one process here, or launched worker processes.
+
+    `gpus` ("all" or indices like "0,1") with `workers_per_gpu` (a number or "auto")
+    launches GPU workers; `workers` > 1 launches CPU workers; otherwise the trials run
+    in this process on `device`.
+    """
+
+    gpus: str | None = None
+    workers_per_gpu: str = "1"
+    workers: int = 1
+    device: str = "auto"
+    data_dir: str | None = None
+    checkpoint_dir: str = "checkpoints"
+    max_restarts: int = 3
+    log_dir: str = "logs"
+
+    @property
+    def launching(self) -> bool:
+        return self.gpus is not None or self.workers > 1
+
+    def worker_args(self, study: str) -> list[str]:
+        """The flags of `autosearch worker` that are this machine's business."""
+        args = ["--study", study, "--device", self.device, "--checkpoint-dir", self.checkpoint_dir]
+        if self.data_dir is not None:
+            args += ["--data-dir", self.data_dir]
+        return args
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    """Everything `autosearch start` is asked to do.
+
+    The space is `space_file` (TOML), else `preset`, else the study's own name as a
+    preset, else the space stored on an existing study.
+    """
+
+    study: str
+    storage: str | None = None
+    preset: str | None = None
+    space_file: str | None = None
+    trials: int = 20
+    timeout: float | None = None  # s after which no new trial starts
+    epochs: int | None = None  # pins the space's epoch range
+    max_params: int = DEFAULT_MAX_PARAMS
+    sampler: str = "tpe"
+    pruner: str = "median"
+    seed: int = 0
+    subset: int | None = None
+    val_size: int = 10_000
+    heartbeat: int = 30
+    grace: int = 120
+    placement: Placement = field(default_factory=Placement)
+    enqueue_only: bool = False
+
+
+@dataclass(frozen=True)
+class JoinRequest:
+    """Everything `autosearch worker` is asked to do; the rest comes from the study."""
+
+    study: str
+    storage: str | None = None
+    worker_index: int | None = None  # set by the launcher; None draws a fresh seed
+    placement: Placement = field(default_factory=Placement)
+
+
+@dataclass
+class Outcome:
+    """How a session ended.
+
+    `mode` is "queued" (only enqueued), "here" (ran in this process) or "launched".
+    `left` counts trials still WAITING or RUNNING after launched workers stopped.
+    """
+
+    study: optuna.Study
+    url: str
+    mode: str
+    trials_run: int = 0
+    interrupted: bool = False
+    left: int = 0
+    timed_out: bool = False
+    crashes: int = 0
+    restarts: int = 0
+    given_up: list[Slot] = field(default_factory=list)
+    log_dir: Path | None = None
+
+
+# --------------------------------------------------------------------------- opening
+
+
+def open_storage(url: str | None, **kwargs) -> tuple[str, optuna.storages.RDBStorage]:
+    """The resolved URL and the storage it names; `kwargs` go to `make_storage`."""
+    try:
+        resolved = resolve_url(url)
+        return resolved, make_storage(resolved, **kwargs)
+    except (StorageError, StorageURLError, ValueError) as e:
+        raise SessionError(str(e)) from None
+
+
+def load_existing(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
+    """The study called `name`, or a `SessionError` that lists the studies there are."""
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = optuna.get_all_study_names(storage)
+        raise SessionError(
+            f"no study named {name!r} in this storage; studies: {', '.join(names) or 'none'}"
+        ) from None
+
+
+def choose_space(
+    study_name: str, preset: str | None, space_file: str | None, storage
+) -> SearchSpace:
+    """--space FILE, else --preset, else the study's name as a preset, else the stored one."""
+    try:
+        if space_file is not None:
+            return load_space(space_file)
+        if preset is not None:
+            return get_space(preset)
+        if study_name in SPACES:
+            return SPACES[study_name]
+    except SpaceError as e:
+        raise SessionError(str(e)) from None
+    if study_name in optuna.get_all_study_names(storage):
+        stored = optuna.load_study(study_name=study_name, storage=storage).user_attrs
+        if SPACE_ATTR in stored:
+            return space_from_stored(stored[SPACE_ATTR])
+    raise SessionError(
+        f"study {study_name!r} is new and not a preset name: pass --preset "
+        f"({', '.join(SPACES)}) or --space FILE"
+    )
+
+
+def _check_exclusive(placement: Placement) -> None:
+    if placement.gpus is not None and placement.workers > 1:
+        raise SessionError(
+            "give --gpus (with --workers-per-gpu) or --workers (CPU workers), not both"
+        )
+
+
+def plan(placement: Placement) -> list[Slot]:
+    """The worker processes `placement` asks for, or a `SessionError`."""
+    _check_exclusive(placement)
+    try:
+        chosen = parse_gpus(placement.gpus, visible_gpus()) if placement.gpus is not None else None
+        return plan_slots(chosen, placement.workers_per_gpu, placement.workers)
+    except LaunchError as e:
+        raise SessionError(str(e)) from None
+
+
+def _check_device(objective: Objective) -> None:
+    try:
+        objective.device  # noqa: B018 - resolve now so a bad --device fails before trials
+    except ValueError as e:
+        raise SessionError(str(e)) from None
+
+
+# ------------------------------------------------------------------------------ start
+
+
+def open_for_start(request: StartRequest) -> tuple[str, optuna.Study, SearchSpace, RunSettings]:
+    """Validate `request`, then create or resume its study; nothing is queued yet."""
+    r = request
+    url, rdb = open_storage(r.storage, heartbeat_interval=r.heartbeat, grace_period=r.grace)
+    space = with_epochs(choose_space(r.study, r.preset, r.space_file, rdb), r.epochs)
+    _check_exclusive(r.placement)
+    try:
+        settings = RunSettings(
+            sampler=r.sampler,
+            pruner=r.pruner,
+            seed=r.seed,
+            subset=r.subset,
+            val_size=r.val_size,
+            heartbeat_interval=r.heartbeat,
+            grace_period=r.grace,
+            deadline=time.time() + r.timeout if r.timeout else None,
+        )
+        study = open_study(
+            r.study,
+            rdb,
+            space,
+            sampler=make_sampler(r.sampler, r.seed),
+            pruner=make_pruner(r.pruner, space.recipe.epochs[1]),
+            max_params=r.max_params,
+        )
+    except StudyError as e:
+        raise SessionError(str(e)) from None
+    finished = len(study.get_trials(deepcopy=False))
+    study.sampler = make_sampler(r.sampler, sampler_seed(r.seed, finished=finished))
+    return url, study, space, settings
+
+
+def start(
+    request: StartRequest,
+    *,
+    say: Say = lambda _text: None,
+    console: Console | None = None,
+    on_trial_end: TrialEnd | None = None,
+) -> Outcome:
+    """Create or resume a study and run `request.trials` trials of it.
+
+    With `enqueue_only` the trials are only queued, for `autosearch worker`s. With a
+    launching placement they run in worker processes on this machine; otherwise here,
+    calling `on_trial_end(study, trial)` after each one.
+    """
+    url, study, space, settings = open_for_start(request)
+    placement = request.placement
+    if request.enqueue_only:
+        store_run_settings(study, settings)
+        reserve_trials(study, request.trials)
+        return Outcome(study, url, "queued")
+    if placement.launching:
+        slots = plan(placement)
+        if placement.gpus is None:
+            _check_device(Objective(RunConfig(space=space, device=placement.device)))
+        store_run_settings(study, settings)
+        reserve_trials(study, request.trials)
+        return launch(study, url, slots, placement, say=say, console=console)
+    store_run_settings(study, settings)
+    objective = Objective(_run_config(space, request.max_params, settings, placement))
+    _check_device(objective)
+    reserve_trials(study, request.trials)
+    say(
+        f"study {request.study} space {space.name} ({space.fingerprint()}) on "
+        f"{mask_url(url)}, device {objective.device}, {request.trials} trial(s)"
+    )
+    return run_here(study, url, objective, settings.deadline, on_trial_end)
+
+
+def _run_config(
+    space: SearchSpace, max_params: int, settings: RunSettings, placement: Placement
+) -> RunConfig:
+    return RunConfig(
+        space=space,
+        max_params=max_params,
+        device=placement.device,
+        data_dir=placement.data_dir,
+        subset=settings.subset,
+        val_size=settings.val_size,
+        seed=settings.seed,
+        checkpoint_dir=placement.checkpoint_dir,
+    )
+
+
+# ------------------------------------------------------------------------------- join
+
+
+def join(
+    request: JoinRequest,
+    *,
+    say: Say = lambda _text: None,
+    console: Console | None = None,
+    on_trial_end: TrialEnd | None = None,
+) -> Outcome:
+    """Join a study made by `start` and run its queued trials.
+
+    The space, budget, sampler, pruner, data split and heartbeat come from the study;
+    the request says only where the data, GPUs and checkpoints are on this machine.
+    """
+    # A first look without heartbeats: the study says which heartbeat to use.
+    url, probe = open_storage(request.storage, heartbeat_interval=None, max_retry=None)
+    try:
+        found = load_existing(request.study, probe)
+        settings = load_run_settings(found)
+        space = space_from_stored(found.user_attrs[SPACE_ATTR])
+        max_params = int(found.user_attrs[MAX_PARAMS_ATTR])
+    except StudyError as e:
+        raise SessionError(str(e)) from None
+    finally:
+        probe.engine.dispose()
+    _, rdb = open_storage(
+        url, heartbeat_interval=settings.heartbeat_interval, grace_period=settings.grace_period
+    )
+    placement = request.placement
+    if placement.launching:
+        slots = plan(placement)
+        joined = optuna.load_study(study_name=request.study, storage=rdb)
+        return launch(joined, url, slots, placement, say=say, console=console)
+
+    joined = optuna.load_study(
+        study_name=request.study,
+        storage=rdb,
+        pruner=make_pruner(settings.pruner, space.recipe.epochs[1]),
+    )
+    # Workers started together see the same trial count: the index keeps them apart. A
+    # worker joined by hand has no index and draws a random one, so that two of them
+    # never share a seed.
+    index = request.worker_index
+    seed = sampler_seed(
+        settings.seed,
+        finished=len(joined.get_trials(deepcopy=False)),
+        worker=1 + index if index is not None else secrets.randbits(31) + 1,
+    )
+    joined.sampler = make_sampler(settings.sampler, seed)
+    objective = Objective(_run_config(space, max_params, settings, placement))
+    _check_device(objective)
+    if is_sqlite(url):
+        say("note: workers on other machines need PostgreSQL, not SQLite")
+    say(
+        f"worker {'-' if index is None else index} joins study {request.study} "
+        f"on {mask_url(url)}, device {objective.device}"
+    )
+    return run_here(joined, url, objective, settings.deadline, on_trial_end)
+
+
+# ---------------------------------------------------------------------------- running
+
+
+def _interrupt_on_sigterm() -> None:
+    # `kill`, `docker stop` and the launcher's fallback send SIGTERM: treat it as Ctrl-C,
+    # so the running trial is marked failed instead of being left RUNNING until its
+    # heartbeat grace runs out.
+    def handler(_signum, _frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
+def run_here(
+    study: optuna.Study,
+    url: str,
+    objective: Objective,
+    deadline: float | None,
+    on_trial_end: TrialEnd | None = None,
+) -> Outcome:
+    """Run trials in this process until the study's queue is empty or `deadline`.
+
+    Ctrl-C or SIGTERM marks the running trial failed and ends with `interrupted`.
+    """
+    _interrupt_on_sigterm()
+    callback = (lambda t: on_trial_end(study, t)) if on_trial_end is not None else None
+    try:
+        done = run_worker(study, objective, deadline=deadline, on_trial_end=callback)
+    except KeyboardInterrupt:
+        return Outcome(study, url, "here", interrupted=True)
+    return Outcome(study, url, "here", trials_run=done)
+
+
+def launch(
+    study: optuna.Study,
+    url: str,
+    slots: list[Slot],
+    placement: Placement,
+    *,
+    say: Say = lambda _text: None,
+    console: Console | None = None,
+) -> Outcome:
+    """Run `slots` as worker processes until the study's queue is done."""
+    log_dir = Path(placement.log_dir) / study.study_name
+    where = ", ".join(sorted({s.gpu for s in slots if s.gpu is not None})) or "CPU"
+    say(
+        f"study {study.study_name} on {mask_url(url)}: {len(slots)} worker(s) on {where}; "
+        f"logs in {log_dir}"
+    )
+    launcher = Launcher(
+        study,
+        slots,
+        placement.worker_args(study.study_name),
+        storage_url=url,
+        log_dir=log_dir,
+        max_restarts=placement.max_restarts,
+        poll_s=min(2.0, float(study._storage.get_heartbeat_interval() or 2.0)),
+        console=console,
+    )
+    left = launcher.run()
+    deadline = load_run_settings(study).deadline
+    return Outcome(
+        study,
+        url,
+        "launched",
+        interrupted=launcher.stopping,
+        left=left,
+        timed_out=deadline is not None and deadline <= time.time(),
+        crashes=launcher.crashes,
+        restarts=launcher.restarts,
+        given_up=list(launcher.given_up),
+        log_dir=log_dir,
+    )
