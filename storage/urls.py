@@ -1,7 +1,8 @@
 """Where a study lives: resolving, checking and masking storage URLs.
 
 A URL comes from the caller, else from the `AUTOSEARCH_STORAGE` environment variable,
-else it is a SQLite file `autosearch.db` in the working folder. Passwords never leave
+else from the file named by `AUTOSEARCH_STORAGE_FILE`, else it is a SQLite file
+`autosearch.db` in the working folder. Passwords never leave
 this module unmasked in a message: every error names the URL through `mask_url`.
 """
 
@@ -16,6 +17,9 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 DEFAULT_DB_FILE = "autosearch.db"
 ENV_VAR = "AUTOSEARCH_STORAGE"
+# A file holding the URL: batch schedulers and secret mounts hand over files, and a file
+# with mode 600 keeps the password out of job listings and process tables.
+FILE_ENV_VAR = "AUTOSEARCH_STORAGE_FILE"
 
 _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 # psycopg 3 is the driver we ship; SQLAlchemy would otherwise pick psycopg2 for a bare
@@ -64,12 +68,29 @@ def _sqlite_url(path: str | Path) -> str:
     return f"sqlite:///{Path(path).expanduser().resolve()}"
 
 
+def _url_from_file() -> str:
+    path = os.environ.get(FILE_ENV_VAR, "").strip()
+    if not path:
+        return ""
+    try:
+        value = Path(path).expanduser().read_text().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        raise StorageURLError(
+            f"cannot read the storage URL from {FILE_ENV_VAR}={path}: {reason}"
+        ) from None
+    if not value:
+        raise StorageURLError(f"{FILE_ENV_VAR}={path} is empty; it should hold one URL")
+    return value
+
+
 def resolve_url(url: str | None = None) -> str:
     """The storage URL to use, normalised.
 
     Order: the `url` argument, else the `AUTOSEARCH_STORAGE` environment variable, else
-    ``sqlite:///<cwd>/autosearch.db``. A bare file path ending in ``.db``, ``.sqlite`` or
-    ``.sqlite3`` means a SQLite file (made absolute). ``postgres://`` and
+    the contents of the file named by `AUTOSEARCH_STORAGE_FILE` (surrounding whitespace
+    dropped), else ``sqlite:///<cwd>/autosearch.db``. A bare file path ending in ``.db``,
+    ``.sqlite`` or ``.sqlite3`` means a SQLite file (made absolute). ``postgres://`` and
     ``postgresql://`` get the psycopg 3 driver: ``postgresql+psycopg://``.
 
     Args:
@@ -79,14 +100,15 @@ def resolve_url(url: str | None = None) -> str:
         A SQLAlchemy URL string, password included (mask it before printing).
 
     Raises:
-        StorageURLError: The value is not a SQLAlchemy URL of a known dialect. The
-            message names the value with its password masked.
+        StorageURLError: The value is not a SQLAlchemy URL of a known dialect, or the
+            `AUTOSEARCH_STORAGE_FILE` cannot be read or is empty. The message names the
+            value with its password masked, or the file.
 
     Example:
         >>> resolve_url("postgres://bob@db/autosearch")
         'postgresql+psycopg://bob@db/autosearch'
     """
-    value = (url or os.environ.get(ENV_VAR) or "").strip()
+    value = (url or os.environ.get(ENV_VAR) or "").strip() or _url_from_file()
     if not value:
         return _sqlite_url(Path.cwd() / DEFAULT_DB_FILE)
     if "://" not in value and value.lower().endswith(_SQLITE_SUFFIXES):

@@ -44,7 +44,10 @@ def say(text: str) -> None:
 StudyOpt = Annotated[str, typer.Option("--study", help="Study name.")]
 StorageOpt = Annotated[
     str | None,
-    typer.Option(help="SQLAlchemy URL (default: $AUTOSEARCH_STORAGE or ./autosearch.db)."),
+    typer.Option(
+        help="SQLAlchemy URL (default: $AUTOSEARCH_STORAGE, else the file named by "
+        "$AUTOSEARCH_STORAGE_FILE, else ./autosearch.db)."
+    ),
 ]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")]
 DataDirOpt = Annotated[str | None, typer.Option(help="CIFAR-10 folder or archive.")]

@@ -6,6 +6,7 @@ import pytest
 from autosearch.storage.urls import (
     DEFAULT_DB_FILE,
     ENV_VAR,
+    FILE_ENV_VAR,
     StorageURLError,
     is_postgres,
     is_sqlite,
@@ -20,6 +21,7 @@ SECRET = "hunter2"
 @pytest.fixture(autouse=True)
 def _no_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.delenv(FILE_ENV_VAR, raising=False)
 
 
 def test_default_is_sqlite_file_in_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -101,3 +103,37 @@ def test_mask_hides_password_everywhere(url: str, secrets: list[str]) -> None:
 def test_mask_keeps_url_without_password() -> None:
     assert mask_url("postgresql+psycopg://bob@db:5432/s") == "postgresql+psycopg://bob@db:5432/s"
     assert mask_url("sqlite:////tmp/a.db") == "sqlite:////tmp/a.db"
+
+
+def test_url_file_comes_after_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret_file = tmp_path / "storage-url"
+    secret_file.write_text(f"postgres://bob:{SECRET}@db/file\n")
+    monkeypatch.setenv(FILE_ENV_VAR, str(secret_file))
+    assert resolve_url() == f"postgresql+psycopg://bob:{SECRET}@db/file"
+    monkeypatch.setenv(ENV_VAR, "postgresql+psycopg://env@db/envdb")
+    assert resolve_url() == "postgresql+psycopg://env@db/envdb"
+    assert resolve_url("sqlite:////tmp/arg.db") == "sqlite:////tmp/arg.db"
+
+
+@pytest.mark.parametrize(("content", "why"), [(None, "No such file"), ("  \n", "is empty")])
+def test_unreadable_or_empty_url_file_names_the_file(
+    content: str | None, why: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "storage-url"
+    if content is not None:
+        path.write_text(content)
+    monkeypatch.setenv(FILE_ENV_VAR, str(path))
+    with pytest.raises(StorageURLError, match=why) as info:
+        resolve_url()
+    assert f"{FILE_ENV_VAR}={path}" in str(info.value)
+
+
+def test_bad_url_in_file_is_masked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "storage-url"
+    path.write_text(f"http://bob:{SECRET}@host/x")
+    monkeypatch.setenv(FILE_ENV_VAR, str(path))
+    with pytest.raises(StorageURLError) as info:
+        resolve_url()
+    assert SECRET not in str(info.value)
