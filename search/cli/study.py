@@ -169,7 +169,10 @@ def worker(
     checkpoint_dir: CheckpointOpt = "checkpoints",
     worker_index: Annotated[
         int | None,
-        typer.Option(help="Sampler seed offset (study seed + index); default: a fresh seed."),
+        typer.Option(
+            help="Sampler seed offset (study seed + index); default: a fresh seed. With "
+            "--gpus or --workers: the first launched worker's index (one range per machine)."
+        ),
     ] = None,
     max_restarts: RestartsOpt = 3,
     log_dir: LogDirOpt = "logs",

@@ -294,7 +294,9 @@ class Launcher:
             return  # already passed on; the wait below is bounded
         self.stopping = True
         self.stop_signal_at = time.monotonic()
-        self._signal_children(signal.SIGINT)
+        # As received: a worker fails its trial on SIGINT, and also queues it again on
+        # SIGTERM (a preemption), to resume elsewhere.
+        self._signal_children(signum)
 
     def _run(self) -> int:
         total = self._remaining()

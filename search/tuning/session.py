@@ -54,7 +54,7 @@ from autosearch.search.tuning.study import (
     sampler_seed,
     store_run_settings,
 )
-from autosearch.search.tuning.worker import run_worker
+from autosearch.search.tuning.worker import Terminated, run_worker
 from autosearch.storage.optuna_storage import StorageError, make_storage
 from autosearch.storage.urls import StorageURLError, is_sqlite, mask_url, resolve_url
 from optuna.trial import FrozenTrial
@@ -131,7 +131,9 @@ class JoinRequest:
 
     study: str
     storage: str | None = None
-    worker_index: int | None = None  # set by the launcher; None draws a fresh seed
+    # Set by the launcher; None draws a fresh seed. With a launching placement: the
+    # first launched worker's index.
+    worker_index: int | None = None
     placement: Placement = field(default_factory=Placement)
 
 
@@ -209,12 +211,15 @@ def _check_exclusive(placement: Placement) -> None:
         )
 
 
-def plan(placement: Placement) -> list[Slot]:
-    """The worker processes `placement` asks for, or a `SessionError`."""
+def plan(placement: Placement, *, first_index: int = 0) -> list[Slot]:
+    """The worker processes `placement` asks for, numbered from `first_index`, or a
+    `SessionError`."""
     _check_exclusive(placement)
     try:
         chosen = parse_gpus(placement.gpus, visible_gpus()) if placement.gpus is not None else None
-        return plan_slots(chosen, placement.workers_per_gpu, placement.workers)
+        return plan_slots(
+            chosen, placement.workers_per_gpu, placement.workers, first_index=first_index
+        )
     except LaunchError as e:
         raise SessionError(str(e)) from None
 
@@ -344,7 +349,9 @@ def join(
     )
     placement = request.placement
     if placement.launching:
-        slots = plan(placement)
+        # Launchers on several machines (a Slurm array) are told apart by the index they
+        # are given: their workers' seeds and log names must not collide.
+        slots = plan(placement, first_index=request.worker_index or 0)
         joined = optuna.load_study(study_name=request.study, storage=rdb)
         return launch(joined, url, slots, placement, say=say, console=console)
 
@@ -378,11 +385,13 @@ def join(
 
 
 def _interrupt_on_sigterm() -> None:
-    # `kill`, `docker stop` and the launcher's fallback send SIGTERM: treat it as Ctrl-C,
-    # so the running trial is marked failed instead of being left RUNNING until its
-    # heartbeat grace runs out.
+    # `kill`, `docker stop`, a Slurm preemption and a Kubernetes eviction send SIGTERM:
+    # the running trial is failed and queued again at once (see `Terminated`) instead of
+    # being left RUNNING until its heartbeat grace runs out. Only the first one counts:
+    # Slurm signals every process of a job, and the launcher passes its own on as well.
     def handler(_signum, _frame):
-        raise KeyboardInterrupt
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated("stopped by SIGTERM; queued again to resume from its checkpoint")
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, handler)
@@ -397,7 +406,8 @@ def run_here(
 ) -> Outcome:
     """Run trials in this process until the study's queue is empty or `deadline`.
 
-    Ctrl-C or SIGTERM marks the running trial failed and ends with `interrupted`.
+    Ctrl-C or SIGTERM marks the running trial failed and ends with `interrupted`; after
+    SIGTERM the trial is queued again, to resume from its checkpoint.
     """
     _interrupt_on_sigterm()
     callback = (lambda t: on_trial_end(study, t)) if on_trial_end is not None else None

@@ -9,6 +9,7 @@ back as a retry only after its grace period, and someone must be there to take i
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -21,6 +22,16 @@ from autosearch.search.tuning.objective import TrialFailed
 from optuna.trial import FrozenTrial, TrialState
 
 log = logging.getLogger(__name__)
+
+
+class Terminated(KeyboardInterrupt):
+    """This process is being stopped from outside (SIGTERM): a Slurm preemption or
+    requeue, a Kubernetes eviction, `docker stop`.
+
+    Unlike Ctrl-C, this is not someone giving the trial up: `run_trial` fails it and
+    queues it again at once, so that a free worker, here or elsewhere, resumes it from
+    its last checkpoint. It is a `KeyboardInterrupt`, so it stops the process alike.
+    """
 
 
 def running_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -93,7 +104,8 @@ def run_trial(study: optuna.Study, objective, trial: optuna.Trial) -> FrozenTria
 
     Pruned trials are told PRUNED, `TrialFailed` ones FAIL (with the reason as a user
     attribute) and the study goes on. Any other exception, Ctrl-C included, fails the
-    trial, so that nothing is left RUNNING, and is raised again.
+    trial, so that nothing is left RUNNING, and is raised again; on `Terminated` a
+    retry with the same parameters is queued too, which resumes from the checkpoint.
 
     A trial can also end under us: when this worker lost the database for longer than
     the grace period, another worker failed the trial as stale and queued its retry.
@@ -110,6 +122,9 @@ def run_trial(study: optuna.Study, objective, trial: optuna.Trial) -> FrozenTria
             log.warning("%s", e)
             return study.tell(trial, state=TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
+            raise
+        except Terminated as e:
+            _fail_and_requeue(study, trial, e)
             raise
         except BaseException as e:
             _fail_quietly(study, trial, e)
@@ -130,6 +145,27 @@ def _fail_quietly(study: optuna.Study, trial: optuna.Trial, error: BaseException
         study.tell(trial, state=TrialState.FAIL)
     except optuna.exceptions.UpdateFinishedTrialError:
         pass  # already failed as stale by another worker
+
+
+def _fail_and_requeue(study: optuna.Study, trial: optuna.Trial, error: Terminated) -> None:
+    try:
+        trial.set_user_attr("fail_reason", f"{error}"[:500])
+        failed = study.tell(trial, state=TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return  # failed as stale by another worker, which queued the retry
+    # The retry is the heartbeat retry, queued now instead of after the grace period: it
+    # inherits params, user attributes and reported epochs, and the chain's first number
+    # that keys the checkpoints. Without a retry limit: a preempted trial did nothing
+    # wrong, however often its machine is taken away.
+    failed = copy.deepcopy(failed)
+    failed.user_attrs = {k: v for k, v in failed.user_attrs.items() if k != "fail_reason"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        requeue = optuna.storages.RetryHeartbeatStaleTrialCallback(
+            max_retry=None, inherit_intermediate_values=True
+        )
+    requeue(study, failed)
+    log.warning("trial %d stopped by SIGTERM; queued again to resume", trial.number)
 
 
 def run_worker(

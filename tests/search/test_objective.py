@@ -12,7 +12,7 @@ from autosearch.search.tuning.budget import reserve_trials
 from autosearch.search.tuning.objective import Objective, RunConfig
 from autosearch.search.tuning.outcomes import count_outcomes, top_trials
 from autosearch.search.tuning.study import make_pruner, make_sampler, open_study
-from autosearch.search.tuning.worker import run_worker
+from autosearch.search.tuning.worker import Terminated, run_worker
 
 from tests.conftest import tiny_data
 
@@ -153,6 +153,52 @@ def test_ctrl_c_fails_the_running_trial_instead_of_leaving_it_running():
         run_worker(study, objective)
     counts = count_outcomes(study)
     assert counts["failed"] == 1 and counts["running"] == 0 and counts["waiting"] == 2
+
+
+def test_sigterm_fails_the_running_trial_and_queues_it_again():
+    space = small_space(epochs=2)
+    study = make_study(space)
+    config = RunConfig(space=space, device="cpu", checkpoint_dir=None)
+    objective = Objective(
+        config, trainer=ScriptedTrainer(raises=Terminated("stopped by SIGTERM")), data=tiny_data()
+    )
+    reserve_trials(study, 3)
+    with pytest.raises(KeyboardInterrupt):
+        run_worker(study, objective)
+    counts = count_outcomes(study)
+    assert counts["failed"] == 1 and counts["running"] == 0 and counts["waiting"] == 3
+    stopped, retry = study.trials[0], study.trials[-1]
+    assert "SIGTERM" in stopped.user_attrs["fail_reason"]
+    assert retry.system_attrs["failed_trial"] == stopped.number
+    assert retry.params == stopped.params
+    assert "fail_reason" not in retry.user_attrs
+
+
+def test_a_trial_stopped_by_sigterm_resumes_from_its_checkpoint(tmp_path):
+    from autosearch.search.training.trainer import train
+
+    def preempted_after_epoch_1(*args, callback, **kwargs):
+        def report_then_stop(report):
+            callback(report)
+            if report.epoch == 1:
+                raise Terminated("stopped by SIGTERM")
+
+        return train(*args, callback=report_then_stop, **kwargs)
+
+    space = small_space(epochs=3)
+    study = make_study(space)
+    config = RunConfig(space=space, device="cpu", checkpoint_dir=str(tmp_path / "ck"))
+    reserve_trials(study, 1)
+    with pytest.raises(KeyboardInterrupt):
+        run_worker(study, Objective(config, trainer=preempted_after_epoch_1, data=tiny_data()))
+    assert run_worker(study, Objective(config, data=tiny_data())) == 1
+    stopped, retry = study.trials
+    assert stopped.state == optuna.trial.TrialState.FAIL
+    assert retry.state == optuna.trial.TrialState.COMPLETE
+    assert retry.system_attrs["failed_trial"] == 0 and retry.params == stopped.params
+    assert retry.user_attrs["resumed_from_epoch"] == 1
+    assert retry.user_attrs["first_epoch"] == 2
+    assert sorted(retry.intermediate_values) == [1, 2, 3]
 
 
 def test_real_trainer_records_everything_on_the_trial(tmp_path):

@@ -8,16 +8,22 @@ a tiny model, the server named by AUTOSEARCH_TEST_PG. The bench script repeats t
 from __future__ import annotations
 
 import shutil
+import signal
 from pathlib import Path
 
+import optuna
 import pytest
 from autosearch.search.cli import app
 from autosearch.search.tuning.launcher import (
+    Launcher,
     LaunchError,
+    Slot,
+    _Proc,
     auto_workers_per_gpu,
     parse_gpus,
     plan_slots,
 )
+from autosearch.search.tuning.session import Placement, plan
 from typer.testing import CliRunner
 
 from bench import reliability
@@ -77,6 +83,32 @@ def test_gpu_lists_and_worker_plans() -> None:
     assert [s.gpu for s in plan_slots(None, "1", 3)] == [None, None, None]
     with pytest.raises(LaunchError, match="'many'"):
         plan_slots(["0"], "many", 1)
+
+
+def test_a_launcher_numbers_its_workers_from_the_index_it_is_given() -> None:
+    # One launcher per Slurm array task: seeds and log names must not collide.
+    assert [s.index for s in plan(Placement(workers=2), first_index=4)] == [4, 5]
+    assert [s.index for s in plan(Placement(workers=2))] == [0, 1]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_launcher_passes_on_the_signal_it_got(sig: int, tmp_path: Path) -> None:
+    class Child:
+        def __init__(self) -> None:
+            self.got: list[int] = []
+
+        def poll(self) -> None:
+            return None
+
+        def send_signal(self, s: int) -> None:
+            self.got.append(s)
+
+    launcher = Launcher(optuna.create_study(), [], [], storage_url="", log_dir=tmp_path)
+    children = [Child(), Child()]
+    launcher.procs = [_Proc(Slot(i, None), c, tmp_path / "w.log") for i, c in enumerate(children)]
+    launcher._on_signal(sig, None)
+    launcher._on_signal(sig, None)  # passed on once
+    assert [c.got for c in children] == [[sig], [sig]]
 
 
 def test_auto_workers_per_gpu_rule() -> None:
