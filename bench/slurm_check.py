@@ -285,7 +285,8 @@ def queue_study(run_: Run, env: dict[str, str]) -> None:
         "--space", str(space),
         "--trials", str(run_.trials),
         "--epochs", str(EPOCHS),
-        "--subset", "200",
+        # An epoch of a second or two: time to requeue a task in the middle of a trial.
+        "--subset", "400",
         "--val-size", "100",
         "--max-params", "100000",
         "--sampler", "random",
@@ -339,13 +340,16 @@ def task_of_pid(pid: int) -> tuple[str, str] | None:
 
 
 def preempt_one(run_: Run, cluster: LocalSlurm, storage, deadline: float) -> dict:
-    """Requeue the task that runs a trial in its second epoch, then let it start again."""
+    """Requeue the task that runs a trial past its first checkpoint (so in its second
+    epoch, or about to report its first), then let the task start again at once."""
     while time.time() < deadline:
         study = optuna.load_study(study_name=run_.study, storage=storage)
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             folder = run_.checkpoints / run_.study / f"trial-{t.number:05d}"
-            if not (folder / "epoch-0001.pt").exists() or "worker" not in t.user_attrs:
+            if "worker" not in t.user_attrs or not (folder / "epoch-0001.pt").exists():
                 continue
+            if (folder / "epoch-0002.pt").exists():
+                continue  # too late: it might end before the signal lands
             found = task_of_pid(int(t.user_attrs["worker"].rsplit(":", 1)[1]))
             if found is None:
                 continue
@@ -353,8 +357,8 @@ def preempt_one(run_: Run, cluster: LocalSlurm, storage, deadline: float) -> dic
             # The array's own id names every task of it: name the one task.
             target = f"{run_.job}_{task}"
             cluster.cmd("scontrol", "requeue", target)
-            log(f"preempting: scontrol requeue {target} (job {job_id}) during epoch 2 of "
-                f"trial {t.number}")  # fmt: skip
+            log(f"preempting: scontrol requeue {target} (job {job_id}) after the first "
+                f"checkpoint of trial {t.number}")  # fmt: skip
             # Slurm holds a requeued job back for about two minutes; now will do.
             for _ in range(100):
                 state = tasks_of(cluster, run_.job).get(task, {})
@@ -364,7 +368,7 @@ def preempt_one(run_: Run, cluster: LocalSlurm, storage, deadline: float) -> dic
                 time.sleep(0.2)
             return {"trial": t.number, "task": task, "job_id": job_id}
         time.sleep(0.1)
-    raise AssertionError("no trial reached its second epoch to preempt")
+    raise AssertionError("no trial got past its first checkpoint to preempt")
 
 
 def wait_for_job(run_: Run, cluster: LocalSlurm, deadline: float) -> None:
@@ -440,7 +444,7 @@ def check(run_: Run, cluster: LocalSlurm, preempted: dict | None) -> str:
         retries = [r for r in trials if r.system_attrs.get("failed_trial") == t.number]
         assert len(retries) == 1, f"{len(retries)} retries of trial {t.number}"
         assert retries[0].state == TrialState.COMPLETE and retries[0].params == t.params
-    # The one caught in its second epoch resumes after its checkpoint.
+    # The one caught past its first checkpoint resumes after it.
     picked = trials[preempted["trial"]]
     assert picked in stopped, f"trial {picked.number} was not stopped: {picked.state}"
     retry = next(r for r in trials if r.system_attrs.get("failed_trial") == picked.number)
@@ -450,7 +454,7 @@ def check(run_: Run, cluster: LocalSlurm, preempted: dict | None) -> str:
     assert sorted(retry.intermediate_values) == list(range(1, EPOCHS + 1))
     assert info[preempted["task"]]["Restarts"] == "1", info[preempted["task"]]
     return summary + (
-        f"; task {preempted['task']} requeued during epoch 2 of trial {picked.number}, came "
+        f"; task {preempted['task']} requeued after epoch 1 of trial {picked.number}, came "
         f"back (restarts 1); {len(stopped)} stopped trial(s) each queued again once; retry "
         f"#{retry.number} (same params, task {ran.get(retry.number, '?')}) resumed after epoch "
         f"{k}, epochs 1-{EPOCHS} reported once"
