@@ -7,8 +7,10 @@ a tiny model, the server named by AUTOSEARCH_TEST_PG. The bench script repeats t
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import optuna
@@ -23,7 +25,8 @@ from autosearch.search.tuning.launcher import (
     parse_gpus,
     plan_slots,
 )
-from autosearch.search.tuning.session import Placement, plan
+from autosearch.search.tuning.session import Placement, _interrupt_on_sigterm, plan
+from autosearch.search.tuning.worker import Terminated
 from typer.testing import CliRunner
 
 from bench import reliability
@@ -109,6 +112,20 @@ def test_launcher_passes_on_the_signal_it_got(sig: int, tmp_path: Path) -> None:
     launcher._on_signal(sig, None)
     launcher._on_signal(sig, None)  # passed on once
     assert [c.got for c in children] == [[sig], [sig]]
+
+
+def test_the_first_sigterm_stops_a_worker_and_later_ones_are_ignored() -> None:
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        _interrupt_on_sigterm()
+        with pytest.raises(Terminated):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises here, long before this ends
+        # Slurm signals every process of a job and the launcher passes its own on.
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_auto_workers_per_gpu_rule() -> None:
