@@ -174,6 +174,8 @@ def test_sigterm_fails_the_running_trial_and_queues_it_again():
     assert "fail_reason" not in retry.user_attrs
 
 
+# A retry inherits its first try's constraint, which the objective sets again.
+@pytest.mark.filterwarnings("ignore:The constraint value is ignored")
 def test_a_trial_stopped_by_sigterm_resumes_from_its_checkpoint(tmp_path):
     from autosearch.search.training.trainer import train
 
