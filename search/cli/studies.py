@@ -10,12 +10,13 @@ from rich.table import Table
 
 def _open(storage: str | None, study: str | None = None):
     """The read-only storage (no heartbeats, no retries of anybody's trial) and study."""
-    from autosearch.search.tuning.session import SessionError, load_existing, open_storage
+    from autosearch.search.tuning.session import open_storage
+    from autosearch.search.tuning.study import StudyError, load_existing
 
     try:
         _, rdb = open_storage(storage, heartbeat_interval=None, max_retry=None)
         return rdb, load_existing(study, rdb) if study is not None else None
-    except SessionError as e:
+    except StudyError as e:
         fail(str(e))
 
 
