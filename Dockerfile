@@ -9,12 +9,13 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 
 WORKDIR /app
-# Dependencies first, so that editing the code does not re-download torch.
+# Dependencies first, read from pyproject.toml, so that editing the code does not
+# re-download torch.
 COPY pyproject.toml README.md ./
-RUN mkdir -p models search storage \
-    && touch models/__init__.py search/__init__.py storage/__init__.py \
-    && pip install ".[dashboard]" \
-    && pip uninstall -y autosearch
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['dashboard']))" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt
 COPY models models
 COPY search search
 COPY storage storage

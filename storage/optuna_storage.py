@@ -256,34 +256,8 @@ def make_storage(
         >>> study = optuna.create_study(study_name="demo", storage=storage)  # doctest: +SKIP
     """
     resolved = resolve_url(url)
-    if heartbeat_interval is not None and grace_period is not None:
-        if grace_period <= heartbeat_interval:
-            raise ValueError(
-                f"grace_period={grace_period} s must exceed heartbeat_interval="
-                f"{heartbeat_interval} s, or live trials would be failed as dead"
-            )
-    if pool_size < 1:
-        raise ValueError(f"pool_size={pool_size} must be at least 1")
-    if db_retry_s < 0:
-        raise ValueError(f"db_retry_s={db_retry_s} must be non-negative")
-
-    sqlite = is_sqlite(resolved)
-    wal = sqlite and not _sqlite_is_memory(resolved)
-
-    callback = None
-    if heartbeat_interval is not None and max_retry is not None:
-        # inherit_intermediate_values=True: the retry resumes from the dead trial's last
-        # complete checkpoint (epoch k) and reports only epochs after k, so the inherited
-        # values for epochs <= k plus the new ones form one curve without gaps for the
-        # pruner. The trainer should report an epoch after its checkpoint is written; if
-        # it reports first and dies before the write, that epoch is trained again and
-        # Optuna ignores (with a warning) the second report of a step, so no duplicates.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            callback = RetryHeartbeatStaleTrialCallback(
-                max_retry=max_retry, inherit_intermediate_values=True
-            )
-
+    _check_settings(heartbeat_interval, grace_period, pool_size, db_retry_s)
+    wal = is_sqlite(resolved) and not _sqlite_is_memory(resolved)
     try:
         if wal:
             Path(make_url(resolved).database).parent.mkdir(parents=True, exist_ok=True)
@@ -296,7 +270,7 @@ def make_storage(
                 engine_kwargs=_engine_kwargs(resolved, pool_size),
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period if heartbeat_interval is not None else None,
-                heartbeat_stale_trial_callback=callback,
+                heartbeat_stale_trial_callback=_retry_callback(heartbeat_interval, max_retry),
             )
     except (SQLAlchemyError, ImportError, OSError) as e:
         # `from None`: the chained driver exception may carry connection parameters.
@@ -307,6 +281,40 @@ def make_storage(
     if wal:
         _use_wal(storage.engine)
     return storage
+
+
+def _check_settings(
+    heartbeat_interval: int | None, grace_period: int | None, pool_size: int, db_retry_s: float
+) -> None:
+    if heartbeat_interval is not None and grace_period is not None:
+        if grace_period <= heartbeat_interval:
+            raise ValueError(
+                f"grace_period={grace_period} s must exceed heartbeat_interval="
+                f"{heartbeat_interval} s, or live trials would be failed as dead"
+            )
+    if pool_size < 1:
+        raise ValueError(f"pool_size={pool_size} must be at least 1")
+    if db_retry_s < 0:
+        raise ValueError(f"db_retry_s={db_retry_s} must be non-negative")
+
+
+def _retry_callback(
+    heartbeat_interval: int | None, max_retry: int | None
+) -> RetryHeartbeatStaleTrialCallback | None:
+    """Queues a dead worker's trial again, or None when heartbeats or retries are off."""
+    if heartbeat_interval is None or max_retry is None:
+        return None
+    # inherit_intermediate_values=True: the retry resumes from the dead trial's last
+    # complete checkpoint (epoch k) and reports only epochs after k, so the inherited
+    # values for epochs <= k plus the new ones form one curve without gaps for the
+    # pruner. The trainer should report an epoch after its checkpoint is written; if
+    # it reports first and dies before the write, that epoch is trained again and
+    # Optuna ignores (with a warning) the second report of a step, so no duplicates.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback(
+            max_retry=max_retry, inherit_intermediate_values=True
+        )
 
 
 def root_trial_number(trial: optuna.trial.BaseTrial | FrozenTrial) -> int:

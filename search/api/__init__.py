@@ -42,6 +42,7 @@ _EXPORTS = {
     "RunConfig": "autosearch.search.tuning.objective",
     "make_storage": "autosearch.storage.optuna_storage",
     # results
+    "best_trial": "autosearch.search.tuning.outcomes",
     "load_best_model": "autosearch.search.results.exported",
 }
 

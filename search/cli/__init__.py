@@ -11,6 +11,17 @@ options, calls one library function and prints.
 from autosearch.search.cli import arch, results, studies, study  # noqa: F401 - registers
 from autosearch.search.cli.app import app
 
+# `--help` lists the commands in the order a user meets them.
+ORDER = ("arch", "train", "start", "worker", "studies", "status", "best", "report")
+ORDER += ("dashboard", "export", "evaluate")
+app.registered_commands.sort(
+    key=lambda c: (
+        ORDER.index(c.name or c.callback.__name__)
+        if (c.name or c.callback.__name__) in ORDER
+        else len(ORDER)
+    )
+)
+
 
 def main() -> None:
     app()

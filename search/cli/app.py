@@ -15,7 +15,10 @@ app = typer.Typer(
     help="Search CIFAR-10 ResNets under a parameter budget with Optuna.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    # Plain help, wrapped by click: rich's option tables cut long option names to
+    # `--checkpoint-d…` at 80 columns.
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True)
@@ -24,8 +27,23 @@ EXIT_BAD_INPUT = 2
 EXIT_OVER_BUDGET = 3
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"autosearch {version('autosearch')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
     """Search CIFAR-10 ResNets under a parameter budget with Optuna."""
 
 

@@ -187,39 +187,13 @@ def train_command(
     if preset is not None and arch_name is not None:
         fail("give the architecture as an argument or with --arch, not both")
     spec = spec_from_options(
-        preset or arch_name,
-        widths,
-        repeats,
-        strides,
-        kernels,
-        skip_kernel,
-        stem,
-        stem_kernel,
-        pool,
+        preset or arch_name, widths, repeats, strides, kernels, skip_kernel, stem, stem_kernel, pool
     )
+    chosen = _recipe_from_options(recipe, epochs=epochs, batch_size=batch_size, lr=lr)
     try:
-        base = get_recipe(recipe)
-        changes = {
-            k: v
-            for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr))
-            if v is not None
-        }
-        chosen = base.replace(**changes)
         check_budget(spec, max_params)  # before any data or GPU work
-    except (KeyError, RecipeError) as e:
-        fail(str(e.args[0]) if isinstance(e, KeyError) else str(e))
     except BudgetError as e:
         fail(f"{spec.name or 'architecture'} is over budget: {e}", code=EXIT_OVER_BUDGET)
-
-    def show(report) -> None:
-        if not as_json:
-            console.print(
-                f"epoch {report.epoch:>3}  train loss {report.train_loss:.4f} "
-                f"acc {report.train_acc:.4f}  val loss {report.val_loss:.4f} "
-                f"acc {report.val_acc:.4f}  lr {report.lr:.4g}  {report.images_per_s:,.0f} img/s",
-                highlight=False,
-            )
-
     try:
         outcome = run_training(
             spec,
@@ -229,11 +203,9 @@ def train_command(
             val_size=val_size,
             seed=seed,
             device=device,
-            on_epoch=show,
+            on_epoch=None if as_json else _print_epoch,
         )
-    except ValueError as e:
-        fail(str(e))
-    except FileNotFoundError as e:
+    except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     if as_json:
         print(json.dumps(outcome))
@@ -247,3 +219,22 @@ def train_command(
     )
     if outcome["status"] == "diverged":
         raise typer.Exit(1)
+
+
+def _recipe_from_options(name: str, **overrides):
+    """The named recipe with the options the user gave (None: keep the recipe's)."""
+    try:
+        return get_recipe(name).replace(**{k: v for k, v in overrides.items() if v is not None})
+    except KeyError as e:
+        fail(str(e.args[0]))
+    except RecipeError as e:
+        fail(str(e))
+
+
+def _print_epoch(report) -> None:
+    console.print(
+        f"epoch {report.epoch:>3}  train loss {report.train_loss:.4f} "
+        f"acc {report.train_acc:.4f}  val loss {report.val_loss:.4f} "
+        f"acc {report.val_acc:.4f}  lr {report.lr:.4g}  {report.images_per_s:,.0f} img/s",
+        highlight=False,
+    )

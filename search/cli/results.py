@@ -26,12 +26,13 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 def _read_only(url: str | None, study: str | None = None):
     """(url, storage, study): reading results needs no heartbeats and must never retry
     somebody's trial."""
-    from autosearch.search.tuning.session import SessionError, load_existing, open_storage
+    from autosearch.search.tuning.session import open_storage
+    from autosearch.search.tuning.study import StudyError, load_existing
 
     try:
         resolved, rdb = open_storage(url, heartbeat_interval=None, max_retry=None)
         return resolved, rdb, load_existing(study, rdb) if study is not None else None
-    except SessionError as e:
+    except StudyError as e:
         fail(str(e))
 
 

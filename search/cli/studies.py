@@ -10,45 +10,63 @@ from rich.table import Table
 
 def _open(storage: str | None, study: str | None = None):
     """The read-only storage (no heartbeats, no retries of anybody's trial) and study."""
-    from autosearch.search.tuning.session import SessionError, load_existing, open_storage
+    from autosearch.search.tuning.session import open_storage
+    from autosearch.search.tuning.study import StudyError, load_existing
 
     try:
         _, rdb = open_storage(storage, heartbeat_interval=None, max_retry=None)
         return rdb, load_existing(study, rdb) if study is not None else None
-    except SessionError as e:
+    except StudyError as e:
         fail(str(e))
 
 
 @app.command()
-def studies(storage: StorageOpt = None) -> None:
+def studies(storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
     """List the studies in a storage."""
     import optuna
     from autosearch.search.tuning.outcomes import top_trials
     from autosearch.search.tuning.study import SPACE_ATTR
 
     rdb, _ = _open(storage)
-    table = Table("study", "space", "trials", "best val acc")
+    rows = []
     for name in sorted(optuna.get_all_study_names(rdb)):
         s = optuna.load_study(study_name=name, storage=rdb)
         top = top_trials(s, 1)
-        space = s.user_attrs.get(SPACE_ATTR, {}).get("name", "-")
-        table.add_row(name, space, str(len(s.trials)), f"{top[0].value:.4f}" if top else "-")
+        rows.append(
+            {
+                "study": name,
+                "space": s.user_attrs.get(SPACE_ATTR, {}).get("name"),
+                "trials": len(s.trials),
+                "best_val_acc": top[0].value if top else None,
+            }
+        )
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table("study", "space", "trials", "best val acc")
+    for r in rows:
+        best = "-" if r["best_val_acc"] is None else f"{r['best_val_acc']:.4f}"
+        table.add_row(r["study"], r["space"] or "-", str(r["trials"]), best)
     console.print(table)
 
 
+STATES = ("complete", "pruned", "infeasible", "failed", "running", "waiting")
+
+
 @app.command()
-def status(study: StudyOpt, storage: StorageOpt = None) -> None:
+def status(study: StudyOpt, storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
     """Count a study's trials by state and show the top 5."""
     from autosearch.search.cli.views import short_arch
-    from autosearch.search.tuning.outcomes import count_outcomes, top_trials
+    from autosearch.search.tuning.outcomes import count_outcomes, top_trials, trial_summary
 
     _, s = _open(storage, study)
     counts = count_outcomes(s)
+    if as_json:
+        top = [trial_summary(t) for t in top_trials(s, 5)]
+        print(json.dumps({"study": study, "counts": {k: counts[k] for k in STATES}, "top": top}))
+        return
     console.print(
-        "  ".join(
-            f"{k} {counts[k]}"
-            for k in ("complete", "pruned", "infeasible", "failed", "running", "waiting")
-        ),
+        "  ".join(f"{k} {counts[k]}" for k in STATES),
         highlight=False,
     )
     table = Table("#", "val acc", "params", "epochs", "arch (widths x repeats)", "optimizer")

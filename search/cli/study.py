@@ -73,12 +73,12 @@ def _report(outcome) -> None:
 
 def _run(call, request, *, worker: bool):
     from autosearch.search.cli.views import TrialLines
-    from autosearch.search.tuning.session import SessionError
+    from autosearch.search.tuning.study import StudyError
 
     _quiet_logs(worker)
     try:
         return call(request, say=say, console=console, on_trial_end=TrialLines())
-    except SessionError as e:
+    except StudyError as e:
         fail(str(e))
     except Exception as e:  # data not found and the like: one line, no traceback
         fail(f"{type(e).__name__}: {e}")

@@ -40,6 +40,7 @@ from autosearch.models import (
     build_model,
     check_budget,
     count_flops,
+    count_params,
 )
 from autosearch.search.results.exported import (
     CARD,
@@ -51,7 +52,7 @@ from autosearch.search.results.exported import (
     sha256_of,
     test_accuracy,
 )
-from autosearch.search.training.data import prepare_data
+from autosearch.search.training.data import CifarData, prepare_data
 from autosearch.search.training.device import resolve_device
 from autosearch.search.training.recipe import RecipeError, TrainRecipe
 from autosearch.search.training.trainer import EpochReport, train
@@ -156,61 +157,119 @@ def export_trial(
         raise ExportError(f"{folder} already holds an export; choose another folder")
     if seeds < 1:
         raise ExportError(f"seeds must be at least 1, got {seeds}")
+    spec, recipe, params = _trial_config(trial, max_params, epochs)
+    val_size = _validation_size(trial, recipe, val_size)
+    dev = resolve_device(device)
+    data = prepare_data(data_dir, val_size=val_size, subset=subset, seed=seed, device=dev)
+    runs = [
+        _train_and_test(
+            spec,
+            recipe,
+            params,
+            data,
+            dev,
+            seed=seed + i,
+            save_to=folder if i == 0 else None,
+            on_epoch=(lambda r, i=i: on_epoch(i, r)) if on_epoch else None,
+        )
+        for i in range(seeds)
+    ]
+    split = {"data_dir": data_dir, "subset": subset, "val_size": val_size, "seed": seed}
+    info = _describe(trial, study_name, spec, recipe, max_params, runs, data, split, dev)
+    info["weights_sha256"] = sha256_of(folder / WEIGHTS)
+    info.update(versions=versions(), git_revision=git_revision(), created=_now())
+    (folder / INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    (folder / CARD).write_text(model_card(info), encoding="utf-8")
+    return info
+
+
+def _trial_config(
+    trial: FrozenTrial, max_params: int, epochs: int | None
+) -> tuple[ArchSpec, TrainRecipe, int]:
+    """The trial's spec and recipe (with `epochs`), its count checked against the budget."""
     try:
         spec = ArchSpec.from_dict(trial.user_attrs["arch"])
         recipe = TrainRecipe.from_dict(trial.user_attrs["recipe"])
         if epochs is not None:
             recipe = recipe.replace(epochs=epochs)
-        params = check_budget(spec, max_params)
+        return spec, recipe, check_budget(spec, max_params)
     except KeyError as e:
         raise ExportError(f"trial {trial.number} has no {e.args[0]!r} attribute") from None
     except (SpecError, RecipeError, BudgetError) as e:
         raise ExportError(f"trial {trial.number}: {e}") from None
+
+
+def _validation_size(trial: FrozenTrial, recipe: TrainRecipe, val_size: int | None) -> int:
+    """None means 0, except for schedules that step on validation loss."""
     metric_driven = recipe.schedule in ("plateau", "zigzag_plateau")
     if val_size is None:
-        val_size = PLATEAU_VAL_SIZE if metric_driven else 0
-    elif val_size == 0 and metric_driven:
+        return PLATEAU_VAL_SIZE if metric_driven else 0
+    if val_size == 0 and metric_driven:
         raise ExportError(
             f"trial {trial.number}'s {recipe.schedule!r} schedule steps on validation loss; "
             f"--val-size 0 leaves none (try --val-size {PLATEAU_VAL_SIZE})"
         )
-    dev = resolve_device(device)
-    data = prepare_data(data_dir, val_size=val_size, subset=subset, seed=seed, device=dev)
+    return val_size
 
-    runs: list[dict[str, Any]] = []
-    for i in range(seeds):
-        run_seed = seed + i
-        torch.manual_seed(run_seed)  # the initial weights come from the global generator
-        model = build_model(spec)
-        built = sum(p.numel() for p in model.parameters())
-        if built != params:
-            raise ExportError(f"built model has {built:,} parameters, the spec counts {params:,}")
-        report = (lambda r, i=i: on_epoch(i, r)) if on_epoch else None
-        result = train(model, data, recipe, device=dev, seed=run_seed, callback=report)
-        if result.status == "diverged":
-            raise ExportError(f"seed {run_seed}: {result.message}")
-        if i == 0:
-            folder.mkdir(parents=True, exist_ok=True)
-            save_file(_state(model), str(folder / WEIGHTS), metadata={"arch": spec.to_json()})
-            # Test the file, not the in-memory model: the number is then what a reload gives.
-            model = load_weights(folder / WEIGHTS, spec, params)
-        test_loss, test_acc = test_accuracy(model, data, recipe, dev)
-        runs.append(
-            {
-                "seed": run_seed,
-                "test_acc": test_acc,
-                "test_loss": test_loss,
-                "val_acc": _finite(result.final_val_acc),
-                "epochs_run": result.epochs_run,
-                "train_seconds": result.wall_time,
-            }
-        )
+
+def _train_and_test(
+    spec: ArchSpec,
+    recipe: TrainRecipe,
+    params: int,
+    data: CifarData,
+    dev: torch.device,
+    *,
+    seed: int,
+    save_to: Path | None,
+    on_epoch: Callable[[EpochReport], None] | None,
+) -> dict[str, Any]:
+    """Train one seed, save its weights to `save_to` if given, and test it once."""
+    torch.manual_seed(seed)  # the initial weights come from the global generator
+    model = build_model(spec)
+    built = sum(p.numel() for p in model.parameters())
+    if built != params:
+        raise ExportError(f"built model has {built:,} parameters, the spec counts {params:,}")
+    result = train(model, data, recipe, device=dev, seed=seed, callback=on_epoch)
+    if result.status == "diverged":
+        raise ExportError(f"seed {seed}: {result.message}")
+    if save_to is not None:
+        save_to.mkdir(parents=True, exist_ok=True)
+        save_file(_state(model), str(save_to / WEIGHTS), metadata={"arch": spec.to_json()})
+        # Test the file, not the in-memory model: the number is then what a reload gives.
+        model = load_weights(save_to / WEIGHTS, spec, params)
+    test_loss, test_acc = test_accuracy(model, data, recipe, dev)
+    return {
+        "seed": seed,
+        "test_acc": test_acc,
+        "test_loss": test_loss,
+        "val_acc": _finite(result.final_val_acc),
+        "epochs_run": result.epochs_run,
+        "train_seconds": result.wall_time,
+    }
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _describe(
+    trial: FrozenTrial,
+    study_name: str,
+    spec: ArchSpec,
+    recipe: TrainRecipe,
+    max_params: int,
+    runs: list[dict[str, Any]],
+    data: CifarData,
+    split: dict[str, Any],
+    dev: torch.device,
+) -> dict[str, Any]:
+    """The model.json contents up to the weights hash and the provenance."""
     accs = [r["test_acc"] for r in runs]
-    info = {
+    return {
         "format": FORMAT,
         "arch": spec.to_dict(),
         "recipe": recipe.to_dict(),
-        "params": params,
+        "params": count_params(spec),
         "max_params": max_params,
         "flops": count_flops(spec),
         "test_acc": runs[0]["test_acc"],
@@ -221,10 +280,7 @@ def export_trial(
         "weights_from": SELECTION,
         "runs": runs,
         "data": {
-            "data_dir": data_dir,
-            "subset": subset,
-            "val_size": val_size,
-            "seed": seed,
+            **split,
             "train_images": len(data.train_y),
             "val_images": len(data.val_y),
             "test_images": len(data.test_y),
@@ -239,14 +295,7 @@ def export_trial(
             "val_acc": _finite(trial.value) if trial.value is not None else None,
             "epochs": trial.user_attrs.get("epochs_run"),
         },
-        "weights_sha256": sha256_of(folder / WEIGHTS),
-        "versions": versions(),
-        "git_revision": git_revision(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    (folder / INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    (folder / CARD).write_text(model_card(info), encoding="utf-8")
-    return info
 
 
 def model_card(info: dict[str, Any]) -> str:

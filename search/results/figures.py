@@ -44,6 +44,22 @@ def _layout(fig: go.Figure, title: str, x: str, y: str) -> go.Figure:
     return fig
 
 
+def _accuracy_axis(fig: go.Figure, values: Sequence[float], axis: str = "y") -> None:
+    """Accuracies live in [0, 1]: a little margin around the data, never beyond."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return
+    lo, hi = min(finite), max(finite)
+    pad = max(0.02, 0.05 * (hi - lo))
+    fig.update_layout({f"{axis}axis": {"range": [max(0.0, lo - pad), min(1.0, hi + pad)]}})
+
+
+def _integer_axis(fig: go.Figure, values: Sequence[int], axis: str = "x") -> None:
+    """Trial numbers and epochs are whole: no tick at 2.5 on a short axis."""
+    if values and max(values) - min(values) < 15:
+        fig.update_layout({f"{axis}axis": {"tick0": 0, "dtick": 1}})
+
+
 def _hover(t: FrozenTrial) -> str:
     a = t.user_attrs
     params = a.get("params")
@@ -69,6 +85,8 @@ def history(feasible: Sequence[FrozenTrial]) -> Figure:
         x=xs, y=ys, mode="markers", name="trial", text=[_hover(t) for t in done], hoverinfo="text+y"
     )
     fig.add_scatter(x=xs, y=best, mode="lines", name="best so far", line={"shape": "hv"})
+    _accuracy_axis(fig, ys)
+    _integer_axis(fig, xs)
     return _layout(fig, "Optimization history", "trial", "validation accuracy")
 
 
@@ -99,6 +117,8 @@ def learning_curves(trials: Sequence[FrozenTrial]) -> Figure:
             hoverinfo="text+x+y",
         )
         shown.add(state)
+    _accuracy_axis(fig, [v for t in curves for v in t.intermediate_values.values()])
+    _integer_axis(fig, [s for t in curves for s in t.intermediate_values])
     return _layout(fig, "Learning curves (validation accuracy per epoch)", "epoch", "accuracy")
 
 
@@ -161,6 +181,7 @@ def accuracy_vs_params(
         annotation_text=f"budget {max_params / 1e6:g}M",
         annotation_position="top left",
     )
+    _accuracy_axis(fig, [y for trace in fig.data for y in trace.y])
     return _layout(fig, "Accuracy against parameter count", "parameters", "validation accuracy")
 
 
@@ -184,6 +205,7 @@ def accuracy_vs_time(feasible: Sequence[FrozenTrial]) -> Figure:
         text=[_hover(t) for t in timed],
         hoverinfo="text+x+y",
     )
+    _accuracy_axis(fig, [t.value for t in timed])
     return _layout(fig, "Accuracy against training time", "training seconds", "validation accuracy")
 
 
@@ -214,9 +236,18 @@ def importances(feasible: Sequence[FrozenTrial], *, arch: bool) -> Figure:
             f"Importances of {what} parameters need at least {MIN_FOR_IMPORTANCE} complete "
             f"trials within the budget; this study has {len(feasible)}."
         )
-    names = sorted({p for t in feasible for p in t.params if is_arch_param(p) == arch})
-    if not names:
+    searched = sorted({p for t in feasible for p in t.params if is_arch_param(p) == arch})
+    if not searched:
         return f"No {what} parameter was searched in this study."
+    # A parameter every trial drew with the same value explains nothing, however the
+    # evaluator happens to rank it.
+    fixed = [p for p in searched if len({repr(t.params.get(p)) for t in feasible}) < 2]
+    names = [p for p in searched if p not in fixed]
+    if not names:
+        return (
+            f"No {what} parameter varied among the complete trials "
+            f"({', '.join(fixed)} took one value each): nothing to rank."
+        )
     if len({t.value for t in feasible}) < 2:
         return f"Every complete trial scored the same: no {what} parameter stands out."
     try:
@@ -231,7 +262,10 @@ def importances(feasible: Sequence[FrozenTrial], *, arch: bool) -> Figure:
         return f"Importances of {what} parameters could not be computed: {e}"
     order = sorted(scores, key=scores.get)
     fig = go.Figure(go.Bar(x=[scores[n] for n in order], y=order, orientation="h"))
-    fig = _layout(fig, f"Importance of {what} parameters (PED-ANOVA)", "importance", "")
+    title = f"Importance of {what} parameters (PED-ANOVA)"
+    if fixed:
+        title += f"<br><sup>left out, the same in every trial: {', '.join(fixed)}</sup>"
+    fig = _layout(fig, title, "importance", "")
     fig.update_layout(height=max(300, 24 * len(order) + 120))
     return fig
 

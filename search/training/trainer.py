@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -22,7 +22,7 @@ from autosearch.search.training.device import autocast, channel_tensors, resolve
 from autosearch.search.training.evaluation import evaluate
 from autosearch.search.training.optimizers import WeightEMA, make_optimizer
 from autosearch.search.training.recipe import TrainRecipe
-from autosearch.search.training.schedules import make_schedule
+from autosearch.search.training.schedules import Schedule, make_schedule
 from torch import nn
 
 MIN_BATCH = 2  # BatchNorm needs at least 2 images per batch in training mode
@@ -94,42 +94,30 @@ def _snapshot(obj: Any) -> Any:
     return obj
 
 
-def training_state(
-    *,
-    epoch: int,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    schedule: Any,
-    ema: WeightEMA | None,
-    generator: torch.Generator,
-    device: torch.device,
-    history: list[EpochReport],
-    best_val_acc: float,
-    recipe: TrainRecipe,
-    seed: int,
-) -> dict[str, Any]:
+def training_state(loop: _Loop, epoch: int) -> dict[str, Any]:
     """Everything `train(resume=...)` needs to continue after `epoch`, as CPU copies.
 
     Only tensors, dicts, lists, ints, floats, strings and None, so a saved state loads
     with `torch.load(path, weights_only=True)`. The recipe and seed ride along so a
     checkpoint says what made it.
     """
+    cuda = loop.device.type == "cuda"
     return _snapshot(
         {
             "epoch": epoch,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None,
+            "model": loop.model.state_dict(),
+            "optimizer": loop.optimizer.state_dict(),
+            "schedule": loop.schedule.state_dict(),
+            "ema": loop.ema.state_dict() if loop.ema is not None else None,
             "rng": {
                 "cpu": torch.get_rng_state(),
-                "generator": generator.get_state(),
-                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                "generator": loop.generator.get_state(),
+                "cuda": torch.cuda.get_rng_state(loop.device) if cuda else None,
             },
-            "history": [r.to_dict() for r in history],
-            "best_val_acc": best_val_acc,
-            "recipe": recipe.to_dict(),
-            "seed": seed,
+            "history": [r.to_dict() for r in loop.history],
+            "best_val_acc": loop.best_val_acc,
+            "recipe": loop.recipe.to_dict(),
+            "seed": loop.seed,
         }
     )
 
@@ -137,6 +125,178 @@ def training_state(
 def _steps_per_epoch(n: int, batch_size: int) -> int:
     full, rest = divmod(n, batch_size)
     return full + (rest >= MIN_BATCH)
+
+
+@dataclass
+class _Loop:
+    """The live state of one `train` call: model, data on the device, optimizer, history."""
+
+    model: nn.Module
+    recipe: TrainRecipe
+    device: torch.device
+    seed: int
+    data: CifarData  # moved to `device`
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    ema: WeightEMA | None
+    generator: torch.Generator
+    mean_t: torch.Tensor  # (1, 3, 1, 1)
+    inv_std: torch.Tensor  # (1, 3, 1, 1)
+    steps_per_epoch: int
+    seen_per_epoch: int  # images a training epoch actually sees
+    history: list[EpochReport] = field(default_factory=list)
+    best_val_acc: float = math.nan
+
+
+def _set_up(
+    model: nn.Module, data: CifarData, recipe: TrainRecipe, device: torch.device, seed: int
+) -> _Loop:
+    n_train = len(data.train_y)
+    if n_train < MIN_BATCH:
+        raise ValueError(f"the training split has {n_train} image(s); at least 2 are needed")
+    steps = _steps_per_epoch(n_train, recipe.batch_size)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, recipe)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    mean_t, inv_std = channel_tensors(data.mean, data.std, device)
+    return _Loop(
+        model=model,
+        recipe=recipe,
+        device=device,
+        seed=seed,
+        data=data.to(device),  # moved once (a no-op when already there), never per batch
+        optimizer=optimizer,
+        schedule=make_schedule(optimizer, recipe, steps),
+        ema=WeightEMA(model, recipe.ema) if recipe.ema > 0 else None,
+        generator=generator,
+        mean_t=mean_t,
+        inv_std=inv_std,
+        steps_per_epoch=steps,
+        # the dropped remainder of 1 image is not counted
+        seen_per_epoch=min(n_train, steps * recipe.batch_size),
+    )
+
+
+def _restore(loop: _Loop, resume: dict[str, Any]) -> int:
+    """Load a `training_state` into `loop`; returns the epoch to continue with."""
+    loop.model.load_state_dict(resume["model"])
+    loop.optimizer.load_state_dict(resume["optimizer"])
+    loop.schedule.load_state_dict(resume["schedule"])
+    if loop.ema is not None:
+        if resume.get("ema") is None:
+            raise ValueError("the resume state has no EMA weights but recipe.ema > 0")
+        loop.ema.load_state_dict(resume["ema"])
+    rng = resume["rng"]
+    torch.set_rng_state(rng["cpu"])
+    loop.generator.set_state(rng["generator"])
+    if loop.device.type == "cuda" and rng.get("cuda") is not None:
+        torch.cuda.set_rng_state(rng["cuda"], loop.device)
+    loop.history = [EpochReport(**r) for r in resume["history"]]
+    loop.best_val_acc = float(resume["best_val_acc"])
+    return int(resume["epoch"]) + 1
+
+
+def _train_epoch(loop: _Loop) -> tuple[float, float, float, float]:
+    """One pass over a fresh permutation: (mean loss, accuracy, last lr, seconds).
+
+    Losses and correct counts are summed on the device and read back once, at the end.
+    """
+    model, recipe, device = loop.model, loop.recipe, loop.device
+    x_all, y_all, batch = loop.data.train_x, loop.data.train_y, recipe.batch_size
+    model.train()
+    started = time.perf_counter()
+    perm = torch.randperm(len(y_all), device=device, generator=loop.generator)
+    loss_sum = torch.zeros((), device=device)  # sum over images, on the device
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    lr = loop.schedule.lr
+    for step in range(loop.steps_per_epoch):
+        idx = perm[step * batch : (step + 1) * batch]
+        x = x_all[idx].float().div_(255)  # (B, 3, 32, 32) in [0, 1]
+        y = y_all[idx]
+        if recipe.augment:
+            x = augment_batch(x, recipe.augment, loop.generator)
+        x = (x - loop.mean_t) * loop.inv_std
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device):
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+        loop.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        lr = loop.schedule.lr
+        loop.optimizer.step()
+        loop.schedule.step_batch()
+        if loop.ema is not None:
+            loop.ema.update()
+        loss_sum += loss.detach().float() * len(idx)
+        correct += (logits.argmax(1) == y).sum()
+    # The one host sync of the training steps; it also ends the epoch's timing.
+    total_loss, hits = torch.stack([loss_sum, correct.float()]).tolist()
+    seconds = time.perf_counter() - started
+    return total_loss / loop.seen_per_epoch, hits / loop.seen_per_epoch, lr, seconds
+
+
+def _validate(loop: _Loop, epoch: int, train_stats: tuple[float, float, float, float]):
+    """Evaluate (the EMA weights when averaging), step the schedule, record the epoch."""
+    train_loss, train_acc, lr, seconds = train_stats
+    d = loop.data
+    eval_model = loop.ema.averaged() if loop.ema is not None else loop.model
+    val_loss, val_acc = evaluate(
+        eval_model, d.val_x, d.val_y, d.mean, d.std, tta=loop.recipe.tta, device=loop.device
+    )
+    loop.schedule.step_epoch(val_loss, val_acc)
+    report = EpochReport(
+        epoch=epoch,
+        train_loss=train_loss,
+        train_acc=train_acc,
+        val_loss=val_loss,
+        val_acc=val_acc,
+        lr=lr,
+        seconds=seconds,
+        images_per_s=loop.seen_per_epoch / seconds if seconds > 0 else math.inf,
+    )
+    loop.history.append(report)
+    if math.isnan(loop.best_val_acc) or val_acc > loop.best_val_acc:
+        loop.best_val_acc = val_acc
+    return report
+
+
+def _divergence(report: EpochReport, n_val: int) -> str | None:
+    """Why the run diverged in this epoch, or None."""
+    # NaN weights after a last finite-loss step show up as a NaN validation loss.
+    if math.isfinite(report.train_loss) and not (n_val and math.isnan(report.val_loss)):
+        return None
+    return (
+        f"training diverged in epoch {report.epoch}: mean training loss "
+        f"{report.train_loss}, validation loss {report.val_loss} at lr {report.lr:.4g}; "
+        "stopped rather than train on NaN"
+    )
+
+
+def _result(loop: _Loop, status: str, message: str) -> TrainResult:
+    if status == "finished":
+        message = f"trained {len(loop.history)} epoch(s) of {loop.recipe.epochs}"
+    if loop.ema is not None and status != "diverged":
+        # The caller gets the weights that were validated, so a test pass or an export
+        # of `model` measures what the search measured.
+        loop.model.load_state_dict(loop.ema.averaged().state_dict())
+    wall_time = sum(r.seconds for r in loop.history)
+    images = loop.seen_per_epoch * len(loop.history)
+    cuda = loop.device.type == "cuda"
+    return TrainResult(
+        history=loop.history,
+        status=status,
+        message=message,
+        best_val_acc=loop.best_val_acc,
+        final_val_acc=loop.history[-1].val_acc if loop.history else math.nan,
+        epochs_run=len(loop.history),
+        wall_time=wall_time,
+        images_per_s=images / wall_time if wall_time > 0 else 0.0,
+        device=torch.cuda.get_device_name(loop.device) if cuda else "cpu",
+    )
 
 
 def train(
@@ -167,152 +327,25 @@ def train(
     weights that were validated. Exceptions from the callbacks propagate.
     """
     device = resolve_device(device)
-    cuda = device.type == "cuda"
-    # Moved once (a no-op when already there), never per batch.
-    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
-    val_x, val_y = data.val_x.to(device), data.val_y.to(device)
-    n_train, n_val = len(train_y), len(val_y)
-    if n_train < MIN_BATCH:
-        raise ValueError(f"the training split has {n_train} image(s); at least 2 are needed")
-    batch_size = recipe.batch_size
-    steps_per_epoch = _steps_per_epoch(n_train, batch_size)
-    # Images actually seen per epoch: the dropped remainder of 1 image is not counted.
-    seen_per_epoch = min(n_train, steps_per_epoch * batch_size)
-
-    model.to(device)
-    if cuda:
-        model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, recipe)
-    schedule = make_schedule(optimizer, recipe, steps_per_epoch)
-    ema = WeightEMA(model, recipe.ema) if recipe.ema > 0 else None
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed)
-    mean_t, inv_std = channel_tensors(data.mean, data.std, device)
-    augments = recipe.augment
-
-    history: list[EpochReport] = []
-    best_val_acc = math.nan
-    start_epoch = 1
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        schedule.load_state_dict(resume["schedule"])
-        if ema is not None:
-            if resume.get("ema") is None:
-                raise ValueError("the resume state has no EMA weights but recipe.ema > 0")
-            ema.load_state_dict(resume["ema"])
-        rng = resume["rng"]
-        torch.set_rng_state(rng["cpu"])
-        generator.set_state(rng["generator"])
-        if cuda and rng.get("cuda") is not None:
-            torch.cuda.set_rng_state(rng["cuda"], device)
-        history = [EpochReport(**r) for r in resume["history"]]
-        best_val_acc = float(resume["best_val_acc"])
-        start_epoch = int(resume["epoch"]) + 1
-
+    loop = _set_up(model, data, recipe, device, seed)
+    first = _restore(loop, resume) if resume is not None else 1
     status, message = "finished", ""
     benchmark = torch.backends.cudnn.benchmark
-    if cuda:
+    if device.type == "cuda":
         # A handful of batch shapes recur thousands of times: let cuDNN pick kernels once.
         torch.backends.cudnn.benchmark = True
     try:
-        for epoch in range(start_epoch, recipe.epochs + 1):
-            model.train()
-            started = time.perf_counter()
-            perm = torch.randperm(n_train, device=device, generator=generator)
-            loss_sum = torch.zeros((), device=device)  # sum over images, on the device
-            correct = torch.zeros((), dtype=torch.int64, device=device)
-            lr = schedule.lr
-            for step in range(steps_per_epoch):
-                idx = perm[step * batch_size : (step + 1) * batch_size]
-                x = train_x[idx].float().div_(255)  # (B, 3, 32, 32) in [0, 1]
-                y = train_y[idx]
-                if augments:
-                    x = augment_batch(x, augments, generator)
-                x = (x - mean_t) * inv_std
-                if cuda:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with autocast(device):
-                    logits = model(x)
-                    loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                lr = schedule.lr
-                optimizer.step()
-                schedule.step_batch()
-                if ema is not None:
-                    ema.update()
-                loss_sum += loss.detach().float() * len(idx)
-                correct += (logits.argmax(1) == y).sum()
-            # The one host sync of the training steps; it also ends the epoch's timing.
-            total_loss, hits = torch.stack([loss_sum, correct.float()]).tolist()
-            seconds = time.perf_counter() - started
-
-            eval_model = ema.averaged() if ema is not None else model
-            val_loss, val_acc = evaluate(
-                eval_model, val_x, val_y, data.mean, data.std, tta=recipe.tta, device=device
-            )
-            schedule.step_epoch(val_loss, val_acc)
-            report = EpochReport(
-                epoch=epoch,
-                train_loss=total_loss / seen_per_epoch,
-                train_acc=hits / seen_per_epoch,
-                val_loss=val_loss,
-                val_acc=val_acc,
-                lr=lr,
-                seconds=seconds,
-                images_per_s=seen_per_epoch / seconds if seconds > 0 else math.inf,
-            )
-            history.append(report)
-            if math.isnan(best_val_acc) or val_acc > best_val_acc:
-                best_val_acc = val_acc
-            # NaN weights after a last finite-loss step show up as a NaN validation loss.
-            if not math.isfinite(report.train_loss) or (n_val and math.isnan(val_loss)):
-                status = "diverged"
-                message = (
-                    f"training diverged in epoch {epoch}: mean training loss "
-                    f"{report.train_loss}, validation loss {val_loss} at lr {lr:.4g}; "
-                    "stopped rather than train on NaN"
-                )
+        for epoch in range(first, recipe.epochs + 1):
+            report = _validate(loop, epoch, _train_epoch(loop))
+            diverged = _divergence(report, len(loop.data.val_y))
+            if diverged is not None:
+                status, message = "diverged", diverged
                 break
             if on_checkpoint is not None:
-                on_checkpoint(
-                    training_state(
-                        epoch=epoch,
-                        model=model,
-                        optimizer=optimizer,
-                        schedule=schedule,
-                        ema=ema,
-                        generator=generator,
-                        device=device,
-                        history=history,
-                        best_val_acc=best_val_acc,
-                        recipe=recipe,
-                        seed=seed,
-                    )
-                )
+                on_checkpoint(training_state(loop, epoch))
             if callback is not None and callback(report) is True:
                 status, message = "stopped", f"stopped by the callback after epoch {epoch}"
                 break
     finally:
         torch.backends.cudnn.benchmark = benchmark
-
-    if status == "finished":
-        message = f"trained {len(history)} epoch(s) of {recipe.epochs}"
-    if ema is not None and status != "diverged":
-        # The caller gets the weights that were validated, so a test pass or an export
-        # of `model` measures what the search measured.
-        model.load_state_dict(ema.averaged().state_dict())
-    wall_time = sum(r.seconds for r in history)
-    images = seen_per_epoch * len(history)
-    return TrainResult(
-        history=history,
-        status=status,
-        message=message,
-        best_val_acc=best_val_acc,
-        final_val_acc=history[-1].val_acc if history else math.nan,
-        epochs_run=len(history),
-        wall_time=wall_time,
-        images_per_s=images / wall_time if wall_time > 0 else 0.0,
-        device=torch.cuda.get_device_name(device) if cuda else "cpu",
-    )
+    return _result(loop, status, message)

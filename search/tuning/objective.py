@@ -63,6 +63,49 @@ def _device_name(device: torch.device) -> str:
     return "cpu"
 
 
+def _record_config(
+    trial: optuna.Trial, arch: ArchSpec, recipe: TrainRecipe, shrink: float, max_params: int
+) -> int:
+    """Store what the trial trains and its budget constraint; returns the count."""
+    params = count_params(arch)
+    trial.set_user_attr("arch", arch.to_dict())
+    trial.set_user_attr("recipe", recipe.to_dict())
+    trial.set_user_attr("params", params)
+    trial.set_user_attr("flops", count_flops(arch))
+    trial.set_user_attr("width_shrink", shrink)
+    # Feasible when <= 0; the samplers learn from the sign and size.
+    trial.set_constraint("params", float(params - max_params))
+    return params
+
+
+def _record_result(trial: optuna.Trial, result: TrainResult, wall_seconds: float) -> None:
+    trial.set_user_attr("epochs_run", result.epochs_run)
+    trial.set_user_attr("best_val_acc", result.best_val_acc)
+    trial.set_user_attr("final_val_acc", result.final_val_acc)
+    trial.set_user_attr("train_seconds", result.wall_time)
+    trial.set_user_attr("wall_seconds", wall_seconds)
+    trial.set_user_attr("images_per_s", result.images_per_s)
+
+
+class _EpochReporter:
+    """The trainer's per-epoch callback: report to the pruner, stop when it says so."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+        self.first = True
+        self.pruned = False
+
+    def __call__(self, report: EpochReport) -> bool:
+        if self.first:
+            # The first epoch trained by this trial, as opposed to inherited ones.
+            self.trial.set_user_attr("first_epoch", report.epoch)
+            self.first = False
+        self.trial.report(report.val_acc, report.epoch)
+        self.trial.set_user_attr("epochs_run", report.epoch)
+        self.pruned = self.trial.should_prune()
+        return self.pruned
+
+
 class Objective:
     """Callable objective for `study.optimize`.
 
@@ -109,87 +152,67 @@ class Objective:
         return s.arch, s.recipe, s.shrink
 
     def __call__(self, trial: optuna.Trial) -> float:
-        c = self.config
         arch, recipe, shrink = self.suggest(trial)
-        params = count_params(arch)
-        trial.set_user_attr("arch", arch.to_dict())
-        trial.set_user_attr("recipe", recipe.to_dict())
-        trial.set_user_attr("params", params)
-        trial.set_user_attr("flops", count_flops(arch))
-        trial.set_user_attr("width_shrink", shrink)
-        # Feasible when <= 0; the samplers learn from the sign and size.
-        trial.set_constraint("params", float(params - c.max_params))
-        if params > c.max_params:
+        params = _record_config(trial, arch, recipe, shrink, self.config.max_params)
+        if params > self.config.max_params:
             trial.set_user_attr("stopped", INFEASIBLE)
             return 0.0
-
-        device = self.device
-        trial.set_user_attr("device", _device_name(device))
+        trial.set_user_attr("device", _device_name(self.device))
         # Which process runs it: to find the log, or the process, of a trial gone wrong.
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         store = self._checkpoints(trial)
-        # A retry trains with its chain's first number: the same seed, the same run.
-        root = store.key if store is not None else root_trial_number(trial)
-        resume = self._resume_state(trial, store, recipe) if store is not None else None
-
-        state = {"pruned": False, "first": True}
-
-        def on_epoch(report: EpochReport) -> bool:
-            if state["first"]:
-                # The first epoch trained by this trial, as opposed to inherited ones.
-                trial.set_user_attr("first_epoch", report.epoch)
-                state["first"] = False
-            trial.report(report.val_acc, report.epoch)
-            trial.set_user_attr("epochs_run", report.epoch)
-            if trial.should_prune():
-                state["pruned"] = True
-                return True
-            return False
-
-        def on_checkpoint(snapshot: dict[str, Any]) -> None:
-            store.save(int(snapshot["epoch"]), snapshot)
-
-        # Initial weights come from the global generator: seed it like the trainer, so a
-        # trial (and its retry) can be rebuilt exactly.
-        torch.manual_seed(c.seed + root)
-        model = build_model(arch)
+        reporter = _EpochReporter(trial)
         started = time.perf_counter()
-        try:
-            result = self.trainer(
-                model,
-                self.data(),
-                recipe,
-                device=device,
-                seed=c.seed + root,
-                callback=on_epoch,
-                on_checkpoint=on_checkpoint if store else None,
-                resume=resume,
-            )
-        except torch.OutOfMemoryError as e:
-            del model
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            if store is not None:
-                store.clear()
-            return self._fail(trial, FAILED, f"out of memory: {str(e).splitlines()[0]}")
-
-        trial.set_user_attr("epochs_run", result.epochs_run)
-        trial.set_user_attr("best_val_acc", result.best_val_acc)
-        trial.set_user_attr("final_val_acc", result.final_val_acc)
-        trial.set_user_attr("train_seconds", result.wall_time)
-        trial.set_user_attr("wall_seconds", time.perf_counter() - started)
-        trial.set_user_attr("images_per_s", result.images_per_s)
+        model, result = self._train(trial, arch, recipe, store, reporter)
+        _record_result(trial, result, time.perf_counter() - started)
         if result.status == "diverged":
             if store is not None:
                 store.clear()
             return self._fail(trial, DIVERGED, result.message or "non-finite loss")
-        if state["pruned"]:
+        if reporter.pruned:
             trial.set_user_attr("stopped", PRUNED)
             self._finish_checkpoints(trial, store, model, keep=False)
             raise optuna.TrialPruned(f"pruned after epoch {result.epochs_run}")
         trial.set_user_attr("stopped", FINISHED)
         self._finish_checkpoints(trial, store, model, keep=True, value=result.final_val_acc)
         return result.final_val_acc
+
+    def _train(
+        self,
+        trial: optuna.Trial,
+        arch: ArchSpec,
+        recipe: TrainRecipe,
+        store: CheckpointStore | None,
+        reporter: _EpochReporter,
+    ) -> tuple[torch.nn.Module, TrainResult]:
+        """Build the model and train it, resuming from the chain's last checkpoint."""
+        # A retry trains with its chain's first number: the same seed, the same run.
+        root = store.key if store is not None else root_trial_number(trial)
+        resume = self._resume_state(trial, store, recipe) if store is not None else None
+        seed = self.config.seed + root
+        # Initial weights come from the global generator: seed it like the trainer, so a
+        # trial (and its retry) can be rebuilt exactly.
+        torch.manual_seed(seed)
+        model = build_model(arch)
+        try:
+            result = self.trainer(
+                model,
+                self.data(),
+                recipe,
+                device=self.device,
+                seed=seed,
+                callback=reporter,
+                on_checkpoint=(lambda s: store.save(int(s["epoch"]), s)) if store else None,
+                resume=resume,
+            )
+        except torch.OutOfMemoryError as e:
+            del model
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if store is not None:
+                store.clear()
+            self._fail(trial, FAILED, f"out of memory: {str(e).splitlines()[0]}")
+        return model, result
 
     # -------------------------------------------------------------------- helpers
 

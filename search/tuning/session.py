@@ -4,7 +4,7 @@ A session validates its request, opens the storage, creates or resumes the study
 joins one), queues the trial budget and then runs the trials: in this process, or in
 worker processes placed on this machine's GPUs or CPU cores by the launcher. Nothing is
 printed here: messages go to a `say` callback and the launcher's console, and every
-refusal is a `SessionError` whose message names the bad value.
+refusal is a `StudyError` whose message names the bad value.
 
 Example:
     >>> request = StartRequest(study="demo", preset="zigzag", trials=4)  # doctest: +SKIP
@@ -24,11 +24,7 @@ from pathlib import Path
 import optuna
 from autosearch.models import DEFAULT_MAX_PARAMS
 from autosearch.search.space import (
-    SPACES,
     SearchSpace,
-    SpaceError,
-    get_space,
-    load_space,
     space_from_stored,
     with_epochs,
 )
@@ -47,6 +43,8 @@ from autosearch.search.tuning.study import (
     SPACE_ATTR,
     RunSettings,
     StudyError,
+    choose_space,
+    load_existing,
     load_run_settings,
     make_pruner,
     make_sampler,
@@ -62,10 +60,6 @@ from rich.console import Console
 
 Say = Callable[[str], None]
 TrialEnd = Callable[[optuna.Study, FrozenTrial], None]
-
-
-class SessionError(ValueError):
-    """A session cannot start as asked; the message names the bad value."""
 
 
 @dataclass(frozen=True)
@@ -167,53 +161,19 @@ def open_storage(url: str | None, **kwargs) -> tuple[str, optuna.storages.RDBSto
         resolved = resolve_url(url)
         return resolved, make_storage(resolved, **kwargs)
     except (StorageError, StorageURLError, ValueError) as e:
-        raise SessionError(str(e)) from None
-
-
-def load_existing(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
-    """The study called `name`, or a `SessionError` that lists the studies there are."""
-    try:
-        return optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        names = optuna.get_all_study_names(storage)
-        raise SessionError(
-            f"no study named {name!r} in this storage; studies: {', '.join(names) or 'none'}"
-        ) from None
-
-
-def choose_space(
-    study_name: str, preset: str | None, space_file: str | None, storage
-) -> SearchSpace:
-    """--space FILE, else --preset, else the study's name as a preset, else the stored one."""
-    try:
-        if space_file is not None:
-            return load_space(space_file)
-        if preset is not None:
-            return get_space(preset)
-        if study_name in SPACES:
-            return SPACES[study_name]
-    except SpaceError as e:
-        raise SessionError(str(e)) from None
-    if study_name in optuna.get_all_study_names(storage):
-        stored = optuna.load_study(study_name=study_name, storage=storage).user_attrs
-        if SPACE_ATTR in stored:
-            return space_from_stored(stored[SPACE_ATTR])
-    raise SessionError(
-        f"study {study_name!r} is new and not a preset name: pass --preset "
-        f"({', '.join(SPACES)}) or --space FILE"
-    )
+        raise StudyError(str(e)) from None
 
 
 def _check_exclusive(placement: Placement) -> None:
     if placement.gpus is not None and placement.workers > 1:
-        raise SessionError(
+        raise StudyError(
             "give --gpus (with --workers-per-gpu) or --workers (CPU workers), not both"
         )
 
 
 def plan(placement: Placement, *, first_index: int = 0) -> list[Slot]:
     """The worker processes `placement` asks for, numbered from `first_index`, or a
-    `SessionError`."""
+    `StudyError`."""
     _check_exclusive(placement)
     try:
         chosen = parse_gpus(placement.gpus, visible_gpus()) if placement.gpus is not None else None
@@ -221,14 +181,14 @@ def plan(placement: Placement, *, first_index: int = 0) -> list[Slot]:
             chosen, placement.workers_per_gpu, placement.workers, first_index=first_index
         )
     except LaunchError as e:
-        raise SessionError(str(e)) from None
+        raise StudyError(str(e)) from None
 
 
 def _check_device(objective: Objective) -> None:
     try:
         objective.device  # noqa: B018 - resolve now so a bad --device fails before trials
     except ValueError as e:
-        raise SessionError(str(e)) from None
+        raise StudyError(str(e)) from None
 
 
 # ------------------------------------------------------------------------------ start
@@ -240,27 +200,24 @@ def open_for_start(request: StartRequest) -> tuple[str, optuna.Study, SearchSpac
     url, rdb = open_storage(r.storage, heartbeat_interval=r.heartbeat, grace_period=r.grace)
     space = with_epochs(choose_space(r.study, r.preset, r.space_file, rdb), r.epochs)
     _check_exclusive(r.placement)
-    try:
-        settings = RunSettings(
-            sampler=r.sampler,
-            pruner=r.pruner,
-            seed=r.seed,
-            subset=r.subset,
-            val_size=r.val_size,
-            heartbeat_interval=r.heartbeat,
-            grace_period=r.grace,
-            deadline=time.time() + r.timeout if r.timeout else None,
-        )
-        study = open_study(
-            r.study,
-            rdb,
-            space,
-            sampler=make_sampler(r.sampler, r.seed),
-            pruner=make_pruner(r.pruner, space.recipe.epochs[1]),
-            max_params=r.max_params,
-        )
-    except StudyError as e:
-        raise SessionError(str(e)) from None
+    settings = RunSettings(
+        sampler=r.sampler,
+        pruner=r.pruner,
+        seed=r.seed,
+        subset=r.subset,
+        val_size=r.val_size,
+        heartbeat_interval=r.heartbeat,
+        grace_period=r.grace,
+        deadline=time.time() + r.timeout if r.timeout else None,
+    )
+    study = open_study(
+        r.study,
+        rdb,
+        space,
+        sampler=make_sampler(r.sampler, r.seed),
+        pruner=make_pruner(r.pruner, space.recipe.epochs[1]),
+        max_params=r.max_params,
+    )
     finished = len(study.get_trials(deepcopy=False))
     study.sampler = make_sampler(r.sampler, sampler_seed(r.seed, finished=finished))
     return url, study, space, settings
@@ -340,8 +297,6 @@ def join(
         settings = load_run_settings(found)
         space = space_from_stored(found.user_attrs[SPACE_ATTR])
         max_params = int(found.user_attrs[MAX_PARAMS_ATTR])
-    except StudyError as e:
-        raise SessionError(str(e)) from None
     finally:
         probe.engine.dispose()
     _, rdb = open_storage(

@@ -9,7 +9,15 @@ from typing import Any
 
 import numpy as np
 import optuna
-from autosearch.search.space import SearchSpace, seed_params
+from autosearch.search.space import (
+    SPACES,
+    SearchSpace,
+    SpaceError,
+    get_space,
+    load_space,
+    seed_params,
+    space_from_stored,
+)
 
 SAMPLERS = ("tpe", "random", "cmaes", "gp")
 
@@ -34,6 +42,43 @@ SEED_ATTR = "seed_config"  # user attribute of enqueued seed trials: index into 
 
 class StudyError(ValueError):
     """A study cannot be created or resumed as asked."""
+
+
+# ---------------------------------------------------------------------- opening
+
+
+def load_existing(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
+    """The study called `name`, or a `StudyError` that lists the studies there are."""
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = optuna.get_all_study_names(storage)
+        raise StudyError(
+            f"no study named {name!r} in this storage; studies: {', '.join(names) or 'none'}"
+        ) from None
+
+
+def choose_space(
+    study_name: str, preset: str | None, space_file: str | None, storage
+) -> SearchSpace:
+    """--space FILE, else --preset, else the study's name as a preset, else the stored one."""
+    try:
+        if space_file is not None:
+            return load_space(space_file)
+        if preset is not None:
+            return get_space(preset)
+        if study_name in SPACES:
+            return SPACES[study_name]
+    except SpaceError as e:
+        raise StudyError(str(e)) from None
+    if study_name in optuna.get_all_study_names(storage):
+        stored = optuna.load_study(study_name=study_name, storage=storage).user_attrs
+        if SPACE_ATTR in stored:
+            return space_from_stored(stored[SPACE_ATTR])
+    raise StudyError(
+        f"study {study_name!r} is new and not a preset name: pass --preset "
+        f"({', '.join(SPACES)}) or --space FILE"
+    )
 
 
 def make_sampler(name: str, seed: int | None = None) -> optuna.samplers.BaseSampler:

@@ -45,3 +45,23 @@ def test_malformed_arguments_exit_2_with_one_line():
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
         assert "Traceback" not in result.output
+
+
+def test_version_short_help_and_completion() -> None:
+    from importlib.metadata import version
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"autosearch {version('autosearch')}"
+    short = runner.invoke(app, ["-h"])
+    assert short.exit_code == 0 and "--install-completion" in short.output
+    assert (
+        runner.invoke(app, ["start", "-h"]).output == runner.invoke(app, ["start", "--help"]).output
+    )
+
+
+def test_help_keeps_whole_option_names_at_80_columns() -> None:
+    for command in ("start", "worker", "export"):
+        text = runner.invoke(app, [command, "--help"], terminal_width=80).output
+        assert "…" not in text
+        assert max(len(line) for line in text.splitlines()) <= 80
+    assert "--checkpoint-dir" in runner.invoke(app, ["start", "--help"], terminal_width=80).output

@@ -71,6 +71,16 @@ def test_start_runs_resumes_and_reports(cifar_dir, tmp_path):
     listing = runner.invoke(app, ["studies", "--storage", url])
     assert listing.exit_code == 0 and "zigzag" in listing.output
 
+    counted = json.loads(
+        runner.invoke(app, ["status", "--study", "zigzag", "--storage", url, "--json"]).stdout
+    )
+    assert counted["counts"]["infeasible"] == 3 and sum(counted["counts"].values()) == 8
+    assert counted["top"][0] == data  # the best trial, as `best --json` gives it
+    listed = json.loads(runner.invoke(app, ["studies", "--storage", url, "--json"]).stdout)
+    assert listed == [
+        {"study": "zigzag", "space": "zigzag", "trials": 8, "best_val_acc": data["value"]}
+    ]
+
 
 def test_resuming_with_another_space_is_refused_and_writes_nothing(cifar_dir, tmp_path):
     assert runner.invoke(app, start_args(cifar_dir, tmp_path)).exit_code == 0

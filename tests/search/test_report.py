@@ -11,7 +11,12 @@ from pathlib import Path
 import optuna
 import pytest
 from autosearch.search.cli import app
-from autosearch.search.results.figures import importances, learning_curves, pareto_front
+from autosearch.search.results.figures import (
+    history,
+    importances,
+    learning_curves,
+    pareto_front,
+)
 from autosearch.search.results.report import SECTIONS, build_report, schedule_svg
 from autosearch.search.space import get_space, with_epochs
 from autosearch.search.training.trainer import EpochReport, TrainResult
@@ -120,6 +125,26 @@ def test_importances_split_architecture_from_recipe(study_url):
     assert not isinstance(arch, str) and not isinstance(recipe, str), (arch, recipe)
     assert "stages" in arch.data[0].y and "optimizer" not in arch.data[0].y
     assert "optimizer" in recipe.data[0].y and "stages" not in recipe.data[0].y
+
+
+def test_importances_leave_out_parameters_that_did_not_vary(study_url):
+    study = optuna.load_study(study_name="zz", storage=study_url)
+    feasible = [t for t in study.trials if t.user_attrs.get("stopped") == "finished"]
+    assert {t.params["pool"] for t in feasible} == {0}  # zigzag has one pooling choice
+    arch = importances(feasible, arch=True)
+    assert "pool" not in arch.data[0].y
+    assert "left out, the same in every trial: pool" in arch.layout.title.text
+
+
+def test_accuracy_axes_stay_in_0_1_and_short_integer_axes_have_whole_ticks(study_url):
+    trials = optuna.load_study(study_name="zz", storage=study_url).trials
+    feasible = [t for t in trials if t.user_attrs.get("stopped") == "finished"]
+    curves = learning_curves(trials)
+    low, high = curves.layout.yaxis.range
+    assert 0 <= low < high <= 1
+    assert curves.layout.xaxis.dtick == 1  # 3 epochs: ticks 1, 2, 3, never 2.5
+    hist = history(feasible)
+    assert 0 <= hist.layout.yaxis.range[0] < hist.layout.yaxis.range[1] <= 1
 
 
 def test_young_studies_get_notes_not_errors(tmp_path):
