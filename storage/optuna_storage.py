@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
-from autosearch.storage.urls import is_postgres, is_sqlite, mask_url, resolve_url
+from autosearch.storage.urls import is_grpc, is_postgres, is_sqlite, mask_url, resolve_url
 from optuna.exceptions import ExperimentalWarning
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
@@ -217,7 +217,7 @@ def make_storage(
     max_retry: int | None = 1,
     pool_size: int = 2,
     db_retry_s: float = DB_RETRY_S,
-) -> RDBStorage:
+) -> BaseStorage:
     """Open (creating tables if needed) the Optuna storage at `url`.
 
     SQLite gets a busy timeout of `SQLITE_BUSY_TIMEOUT_S` and WAL journaling on every
@@ -244,7 +244,9 @@ def make_storage(
             timeouts (a database restart) before it raises; 0 disables retrying.
 
     Returns:
-        A `ResilientRDBStorage`, ready for `optuna.create_study(storage=...)`.
+        A `ResilientRDBStorage`, ready for `optuna.create_study(storage=...)`; for a
+        ``grpc://host:port`` URL, a `storage.proxy.ProxyStorage` client of that proxy
+        (whose database has its own pool, and its own retries of `db_retry_s`).
 
     Raises:
         StorageURLError: `url` is not a storage URL.
@@ -257,6 +259,8 @@ def make_storage(
     """
     resolved = resolve_url(url)
     _check_settings(heartbeat_interval, grace_period, pool_size, db_retry_s)
+    if is_grpc(resolved):
+        return _connect_proxy(resolved, heartbeat_interval, grace_period, max_retry, db_retry_s)
     wal = is_sqlite(resolved) and not _sqlite_is_memory(resolved)
     try:
         if wal:
@@ -281,6 +285,39 @@ def make_storage(
     if wal:
         _use_wal(storage.engine)
     return storage
+
+
+def _connect_proxy(
+    url: str,
+    heartbeat_interval: int | None,
+    grace_period: int | None,
+    max_retry: int | None,
+    db_retry_s: float,
+) -> BaseStorage:
+    try:
+        from autosearch.storage.proxy import connect_proxy
+    except ImportError as e:
+        raise StorageError(
+            f"{url} is a storage proxy, which needs grpcio ({e.msg}): "
+            "pip install 'autosearch[grpc]'"
+        ) from None
+    return connect_proxy(
+        url,
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period if heartbeat_interval is not None else None,
+        stale_callback=_retry_callback(heartbeat_interval, max_retry),
+        # The proxy retries a database outage for its own db_retry_s; outwait it.
+        wait_s=2 * db_retry_s,
+    )
+
+
+def close_storage(storage: BaseStorage) -> None:
+    """Release what `storage` holds: its database connections, or its proxy channel."""
+    if isinstance(storage, RDBStorage):
+        storage.remove_session()
+        storage.engine.dispose()
+    elif hasattr(storage, "close"):
+        storage.close()
 
 
 def _check_settings(

@@ -4,6 +4,9 @@ A URL comes from the caller, else from the `AUTOSEARCH_STORAGE` environment vari
 else from the file named by `AUTOSEARCH_STORAGE_FILE`, else it is a SQLite file
 `autosearch.db` in the working folder. Passwords never leave
 this module unmasked in a message: every error names the URL through `mask_url`.
+
+``grpc://host:port`` names a storage proxy (`autosearch proxy`, see `storage.proxy`)
+instead of a database: the proxy holds the database connections for many workers.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 # `postgresql://`, and `postgres://` (Heroku style) is not a dialect name at all.
 _PG_SCHEMES = ("postgres://", "postgresql://")
 _PG_DRIVER_SCHEME = "postgresql+psycopg://"
+GRPC_SCHEME = "grpc://"
 _QUERY_SECRETS = frozenset({"password", "passwd", "pwd"})
 _MASK = "***"
 # Fallback for strings SQLAlchemy cannot parse: `scheme://user:secret@host` -> `user:***@`.
@@ -111,6 +115,9 @@ def resolve_url(url: str | None = None) -> str:
     value = (url or os.environ.get(ENV_VAR) or "").strip() or _url_from_file()
     if not value:
         return _sqlite_url(Path.cwd() / DEFAULT_DB_FILE)
+    if value.lower().startswith(GRPC_SCHEME):
+        host, port = proxy_address(value)
+        return f"{GRPC_SCHEME}{host}:{port}"
     if "://" not in value and value.lower().endswith(_SQLITE_SUFFIXES):
         return _sqlite_url(value)
     for scheme in _PG_SCHEMES:
@@ -127,6 +134,36 @@ def resolve_url(url: str | None = None) -> str:
             f"or a file path ending in {', '.join(_SQLITE_SUFFIXES)}"
         ) from None
     return value
+
+
+def proxy_address(url: str) -> tuple[str, int]:
+    """The (host, port) of a ``grpc://host:port`` storage proxy URL.
+
+    Raises:
+        StorageURLError: Not a ``grpc://`` URL, or its host or port is missing or bad.
+
+    Example:
+        >>> proxy_address("grpc://10.0.0.5:13000")
+        ('10.0.0.5', 13000)
+    """
+    text = url.strip()
+    is_proxy = text.lower().startswith(GRPC_SCHEME)
+    rest = text[len(GRPC_SCHEME) :] if is_proxy else ""
+    host, sep, port = rest.rpartition(":")
+    host = host.strip("[]")  # an IPv6 literal: grpc://[::1]:13000
+    if not is_proxy or not sep or not host or "/" in rest:
+        raise StorageURLError(
+            f"not a storage proxy URL: {url!r}; expected grpc://host:port, "
+            "e.g. grpc://127.0.0.1:13000"
+        )
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise StorageURLError(f"storage proxy URL {url!r}: port {port!r} is not 1-65535")
+    return host, int(port)
+
+
+def is_grpc(url: str | None) -> bool:
+    """Whether `url` (or, when None, the URL it resolves to) names a storage proxy."""
+    return resolve_url(url).startswith(GRPC_SCHEME)
 
 
 def _backend(url: str) -> str:

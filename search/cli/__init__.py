@@ -4,15 +4,15 @@
 several commands share; `views` prints trials and studies. Each other module is one
 group of commands, and no command module imports another: `arch` (count or train one
 architecture), `study` (start a study, join it as a worker), `studies` (list, status,
-best) and `results` (dashboard, report, export, evaluate). A command parses its
-options, calls one library function and prints.
+best), `results` (dashboard, report, export, evaluate) and `proxy` (the gRPC
+storage proxy). A command parses its options, calls one library function and prints.
 """
 
-from autosearch.search.cli import arch, results, studies, study  # noqa: F401 - registers
+from autosearch.search.cli import arch, proxy, results, studies, study  # noqa: F401 - registers
 from autosearch.search.cli.app import app
 
 # `--help` lists the commands in the order a user meets them.
-ORDER = ("arch", "train", "start", "worker", "studies", "status", "best", "report")
+ORDER = ("arch", "train", "start", "worker", "proxy", "studies", "status", "best", "report")
 ORDER += ("dashboard", "export", "evaluate")
 app.registered_commands.sort(
     key=lambda c: (

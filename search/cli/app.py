@@ -63,8 +63,9 @@ StudyOpt = Annotated[str, typer.Option("--study", help="Study name.")]
 StorageOpt = Annotated[
     str | None,
     typer.Option(
-        help="SQLAlchemy URL (default: $AUTOSEARCH_STORAGE, else the file named by "
-        "$AUTOSEARCH_STORAGE_FILE, else ./autosearch.db)."
+        help="SQLAlchemy URL, or grpc://HOST:PORT of an `autosearch proxy` (default: "
+        "$AUTOSEARCH_STORAGE, else the file named by $AUTOSEARCH_STORAGE_FILE, else "
+        "./autosearch.db)."
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")]

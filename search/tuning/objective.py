@@ -25,7 +25,14 @@ from autosearch.search.training.data import CifarData, prepare_data
 from autosearch.search.training.device import resolve_device
 from autosearch.search.training.recipe import TrainRecipe
 from autosearch.search.training.trainer import EpochReport, TrainResult, train
-from autosearch.search.tuning.outcomes import DIVERGED, FAILED, FINISHED, INFEASIBLE, PRUNED
+from autosearch.search.tuning.outcomes import (
+    DIVERGED,
+    FAILED,
+    FINISHED,
+    INFEASIBLE,
+    PRUNED,
+    TrialFailed,
+)
 from autosearch.search.tuning.study import SEED_ATTR
 from autosearch.storage.checkpoints import CheckpointStore, keep_best
 from autosearch.storage.optuna_storage import root_trial_number
@@ -34,10 +41,6 @@ log = logging.getLogger(__name__)
 
 
 KEEP_BEST_WEIGHTS = 3  # final weights kept for this many best trials
-
-
-class TrialFailed(Exception):
-    """A trial that cannot produce a result (diverged, out of memory); the study goes on."""
 
 
 @dataclass(frozen=True)

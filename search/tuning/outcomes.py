@@ -18,6 +18,10 @@ FINISHED, PRUNED, INFEASIBLE, DIVERGED, FAILED = (
 )
 
 
+class TrialFailed(Exception):
+    """A trial that cannot produce a result (diverged, out of memory); the study goes on."""
+
+
 def outcome(trial: FrozenTrial) -> str:
     """complete, pruned, infeasible, failed, running or waiting."""
     why = trial.user_attrs.get("stopped")

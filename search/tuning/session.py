@@ -53,7 +53,7 @@ from autosearch.search.tuning.study import (
     store_run_settings,
 )
 from autosearch.search.tuning.worker import Terminated, run_worker
-from autosearch.storage.optuna_storage import StorageError, make_storage
+from autosearch.storage.optuna_storage import StorageError, close_storage, make_storage
 from autosearch.storage.urls import StorageURLError, is_sqlite, mask_url, resolve_url
 from optuna.trial import FrozenTrial
 from rich.console import Console
@@ -298,7 +298,7 @@ def join(
         space = space_from_stored(found.user_attrs[SPACE_ATTR])
         max_params = int(found.user_attrs[MAX_PARAMS_ATTR])
     finally:
-        probe.engine.dispose()
+        close_storage(probe)
     _, rdb = open_storage(
         url, heartbeat_interval=settings.heartbeat_interval, grace_period=settings.grace_period
     )

@@ -18,7 +18,9 @@ from collections.abc import Callable
 from contextlib import contextmanager
 
 import optuna
-from autosearch.search.tuning.objective import TrialFailed
+
+# From outcomes, not objective: the worker loop itself needs no torch.
+from autosearch.search.tuning.outcomes import TrialFailed
 from optuna.trial import FrozenTrial, TrialState
 
 log = logging.getLogger(__name__)
