@@ -35,6 +35,9 @@ LogDirOpt = Annotated[str, typer.Option(help="Folder of the launched workers' lo
 CheckpointOpt = Annotated[
     str, typer.Option(help="Per-epoch checkpoints; share it between machines to resume there.")
 ]
+TRACK_HELP = (
+    "Log each trial to mlflow:URI (e.g. mlflow:file:./mlruns) or tensorboard:DIR; repeatable."
+)
 
 
 def _quiet_logs(worker: bool) -> None:
@@ -117,6 +120,9 @@ def start(
         bool,
         typer.Option(help="Only create the study and queue the trials, for `autosearch worker`s."),
     ] = False,
+    track: Annotated[
+        list[str] | None, typer.Option(help=TRACK_HELP + " Stored: the study's workers log too.")
+    ] = None,
 ) -> None:
     """Create or resume a study and run its trials: in this process, or in worker
     processes with --workers N (CPU) or --gpus G --workers-per-gpu K."""
@@ -140,6 +146,7 @@ def start(
         heartbeat=heartbeat,
         grace=grace,
         enqueue_only=enqueue_only,
+        track=tuple(track or ()),
         placement=session.Placement(
             gpus=gpus,
             workers_per_gpu=workers_per_gpu,
@@ -176,6 +183,10 @@ def worker(
     ] = None,
     max_restarts: RestartsOpt = 3,
     log_dir: LogDirOpt = "logs",
+    track: Annotated[
+        list[str] | None,
+        typer.Option(help=TRACK_HELP + " Default: as the study's `start` chose; none: off."),
+    ] = None,
 ) -> None:
     """Join a study made by `autosearch start` and run its queued trials.
 
@@ -197,6 +208,7 @@ def worker(
             checkpoint_dir=checkpoint_dir,
             max_restarts=max_restarts,
             log_dir=log_dir,
+            track=tuple(track) if track is not None else None,
         ),
     )
     _report(_run(session.join, request, worker=True))

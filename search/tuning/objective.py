@@ -13,7 +13,7 @@ import os
 import socket
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,11 +90,16 @@ def _record_result(trial: optuna.Trial, result: TrainResult, wall_seconds: float
     trial.set_user_attr("images_per_s", result.images_per_s)
 
 
-class _EpochReporter:
-    """The trainer's per-epoch callback: report to the pruner, stop when it says so."""
+EpochListener = Callable[[optuna.Trial, EpochReport], None]
 
-    def __init__(self, trial: optuna.Trial) -> None:
+
+class _EpochReporter:
+    """The trainer's per-epoch callback: report to the pruner, tell the listeners (an
+    experiment tracker), stop when the pruner says so."""
+
+    def __init__(self, trial: optuna.Trial, listeners: Sequence[EpochListener] = ()) -> None:
         self.trial = trial
+        self.listeners = listeners
         self.first = True
         self.pruned = False
 
@@ -105,6 +110,8 @@ class _EpochReporter:
             self.first = False
         self.trial.report(report.val_acc, report.epoch)
         self.trial.set_user_attr("epochs_run", report.epoch)
+        for listener in self.listeners:
+            listener(self.trial, report)
         self.pruned = self.trial.should_prune()
         return self.pruned
 
@@ -117,14 +124,22 @@ class Objective:
         trainer: The training function; the default is `search.trainer.train`. Tests
             pass a recording stand-in to prove infeasible trials never reach it.
         data: Already prepared data, for tests and for callers that share one copy.
+        epoch_listeners: Called with the trial and its `EpochReport` after each epoch is
+            reported (`tuning.tracking` logs epochs to MLflow or TensorBoard this way).
     """
 
     def __init__(
-        self, config: RunConfig, *, trainer: Trainer = train, data: CifarData | None = None
+        self,
+        config: RunConfig,
+        *,
+        trainer: Trainer = train,
+        data: CifarData | None = None,
+        epoch_listeners: Sequence[EpochListener] = (),
     ):
         self.config = config
         self.trainer = trainer
         self._data = data
+        self.epoch_listeners = tuple(epoch_listeners)
         self._device: torch.device | None = None
 
     @property
@@ -164,7 +179,7 @@ class Objective:
         # Which process runs it: to find the log, or the process, of a trial gone wrong.
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         store = self._checkpoints(trial)
-        reporter = _EpochReporter(trial)
+        reporter = _EpochReporter(trial, self.epoch_listeners)
         started = time.perf_counter()
         model, result = self._train(trial, arch, recipe, store, reporter)
         _record_result(trial, result, time.perf_counter() - started)

@@ -52,6 +52,7 @@ from autosearch.search.tuning.study import (
     sampler_seed,
     store_run_settings,
 )
+from autosearch.search.tuning.tracking import Tracking, parse_tracks
 from autosearch.search.tuning.worker import Terminated, run_worker
 from autosearch.storage.optuna_storage import StorageError, close_storage, make_storage
 from autosearch.storage.urls import StorageURLError, is_sqlite, mask_url, resolve_url
@@ -79,6 +80,7 @@ class Placement:
     checkpoint_dir: str = "checkpoints"
     max_restarts: int = 3
     log_dir: str = "logs"
+    track: tuple[str, ...] | None = None  # this machine's trackers; None: the study's
 
     @property
     def launching(self) -> bool:
@@ -89,6 +91,8 @@ class Placement:
         args = ["--study", study, "--device", self.device, "--checkpoint-dir", self.checkpoint_dir]
         if self.data_dir is not None:
             args += ["--data-dir", self.data_dir]
+        if self.track is not None:
+            args += [a for spec in self.track or ("none",) for a in ("--track", spec)]
         return args
 
 
@@ -117,6 +121,7 @@ class StartRequest:
     grace: int = 120
     placement: Placement = field(default_factory=Placement)
     enqueue_only: bool = False
+    track: tuple[str, ...] = ()  # "mlflow:URI", "tensorboard:DIR"; stored for the workers
 
 
 @dataclass(frozen=True)
@@ -209,6 +214,7 @@ def open_for_start(request: StartRequest) -> tuple[str, optuna.Study, SearchSpac
         heartbeat_interval=r.heartbeat,
         grace_period=r.grace,
         deadline=time.time() + r.timeout if r.timeout else None,
+        track=parse_tracks(r.track),
     )
     study = open_study(
         r.study,
@@ -249,15 +255,25 @@ def start(
         store_run_settings(study, settings)
         reserve_trials(study, request.trials)
         return launch(study, url, slots, placement, say=say, console=console)
+    tracking = _tracking(settings, placement)
     store_run_settings(study, settings)
-    objective = Objective(_run_config(space, request.max_params, settings, placement))
+    objective = Objective(
+        _run_config(space, request.max_params, settings, placement),
+        epoch_listeners=tracking.epoch_listeners,
+    )
     _check_device(objective)
     reserve_trials(study, request.trials)
     say(
         f"study {request.study} space {space.name} ({space.fingerprint()}) on "
         f"{mask_url(url)}, device {objective.device}, {request.trials} trial(s)"
     )
-    return run_here(study, url, objective, settings.deadline, on_trial_end)
+    return run_here(study, url, objective, settings.deadline, tracking.chain(on_trial_end))
+
+
+def _tracking(settings: RunSettings, placement: Placement) -> Tracking:
+    """This process's trackers: the machine's own choice, else the study's."""
+    specs = placement.track if placement.track is not None else settings.track
+    return Tracking(parse_tracks(specs))
 
 
 def _run_config(
@@ -325,7 +341,11 @@ def join(
         worker=1 + index if index is not None else secrets.randbits(31) + 1,
     )
     joined.sampler = make_sampler(settings.sampler, seed)
-    objective = Objective(_run_config(space, max_params, settings, placement))
+    tracking = _tracking(settings, placement)
+    objective = Objective(
+        _run_config(space, max_params, settings, placement),
+        epoch_listeners=tracking.epoch_listeners,
+    )
     _check_device(objective)
     if is_sqlite(url):
         say("note: workers on other machines need PostgreSQL, not SQLite")
@@ -333,7 +353,7 @@ def join(
         f"worker {'-' if index is None else index} joins study {request.study} "
         f"on {mask_url(url)}, device {objective.device}"
     )
-    return run_here(joined, url, objective, settings.deadline, on_trial_end)
+    return run_here(joined, url, objective, settings.deadline, tracking.chain(on_trial_end))
 
 
 # ---------------------------------------------------------------------------- running

@@ -212,8 +212,10 @@ class RunSettings:
     heartbeat_interval: int = 30  # s between heartbeats of a running trial
     grace_period: int = 120  # s without a heartbeat before a trial counts as dead
     deadline: float | None = None  # time.time() after which no worker starts a trial
+    track: tuple[str, ...] = ()  # experiment trackers, "mlflow:URI" / "tensorboard:DIR"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "track", tuple(self.track))  # a list after JSON
         if self.sampler not in SAMPLERS:
             raise StudyError(f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
         if self.pruner not in PRUNERS:
