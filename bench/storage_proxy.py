@@ -179,15 +179,19 @@ class ConnectionPeak:
         self.engine = create_engine(make_url(url).set(database="postgres"), poolclass=NullPool)
         self.query = text("SELECT count(*) FROM pg_stat_activity WHERE datname = :db")
         self.peak = 0
+        self.missed = 0  # samples that failed
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        with self.engine.connect() as conn:  # one connection, to another database
-            while not self._stop.wait(0.2):
-                n = conn.execute(self.query, {"db": self.database}).scalar_one()
-                conn.commit()  # a fresh snapshot of pg_stat_activity each time
+        while not self._stop.wait(0.2):
+            try:
+                # A connection of its own each time, to another database: not counted.
+                with self.engine.connect() as conn:
+                    n = conn.execute(self.query, {"db": self.database}).scalar_one()
                 self.peak = max(self.peak, int(n))
+            except Exception:
+                self.missed += 1  # the server restarting; the run says so
 
     def __enter__(self) -> ConnectionPeak:
         self._thread.start()
@@ -289,12 +293,14 @@ def run_once(pg: str, workers: int, proxied: bool, epochs: int, epoch_s: float) 
     calls = [r["calls"] / r["trials"] for r in done]
     failed = sum(1 for c in codes if c)
     note = states + (f"; {failed} worker(s) exited non-zero" if failed else "")
+    if peak.missed:
+        note += f"; {peak.missed} connection samples failed (database restarted?)"
     return RunResult(
         peak=peak.peak,
         seconds_per_trial=statistics.median(per_trial) if per_trial else float("nan"),
         calls_per_trial=statistics.median(calls) if calls else float("nan"),
         wall_s=wall,
-        ok=ok and not failed,
+        ok=ok and not failed and not peak.missed,
         note=note,
     )
 

@@ -320,6 +320,7 @@ def join(
     )
     placement = request.placement
     if placement.launching:
+        _tracking(settings, placement)  # a bad --track fails here, not in every worker
         # Launchers on several machines (a Slurm array) are told apart by the index they
         # are given: their workers' seeds and log names must not collide.
         slots = plan(placement, first_index=request.worker_index or 0)
