@@ -124,6 +124,13 @@ def test_choices_are_checked_and_made_absolute(tmp_path: Path, monkeypatch) -> N
     assert _tracking(settings, Placement()).specs == settings.track
     assert not _tracking(settings, Placement(track=()))
     assert RunSettings.from_dict(settings.to_dict()) == settings  # tuple after JSON
+    # ...and reaches the workers a launcher starts on that machine.
+    assert Placement(track=("tensorboard:/x",)).worker_args("s")[-2:] == [
+        "--track",
+        "tensorboard:/x",
+    ]
+    assert Placement(track=()).worker_args("s")[-2:] == ["--track", "none"]
+    assert "--track" not in Placement().worker_args("s")
 
 
 def test_a_bad_choice_fails_with_one_line_and_writes_nothing(tmp_path: Path) -> None:
