@@ -1,6 +1,6 @@
 """Channels-last (NHWC) against NCHW for training and evaluation, side by side.
 
-    python bench/channels_last.py [--device cpu] [--rounds 5] [--images 2560]
+    python bench/channels_last.py [--device cpu] [--rounds 5] [--images 2560] [--threads N]
 
 Trains the 78k-parameter bench net (widths 16-32-64, one block each) with `train` for
 one epoch of `--images` synthetic 32x32 images at batch 256, once per layout per round,
@@ -67,7 +67,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--images", type=int, default=2560)
+    parser.add_argument("--threads", type=int, default=None, help="default: torch's choice")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = device_module.resolve_device(args.device)
     data = synthetic(args.images, 2048)
     chosen = device_module.CHANNELS_LAST
