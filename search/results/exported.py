@@ -18,7 +18,7 @@ import torch
 from autosearch.models import ArchSpec, SpecError, build_model
 from autosearch.models import count_params as spec_params
 from autosearch.search.training.data import CifarData, prepare_data
-from autosearch.search.training.device import resolve_device
+from autosearch.search.training.device import memory_format, resolve_device
 from autosearch.search.training.evaluation import evaluate
 from autosearch.search.training.recipe import TrainRecipe
 from safetensors import safe_open
@@ -56,8 +56,7 @@ def _deterministic() -> Iterator[None]:
 def _place(model: nn.Module, device: torch.device) -> nn.Module:
     """The layout the trainer used, so a reloaded model runs the same kernels."""
     model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    model.to(memory_format=memory_format(device))
     return model.eval()
 
 

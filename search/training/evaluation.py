@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from autosearch.search.training.device import autocast, channel_tensors
+from autosearch.search.training.device import autocast, channel_tensors, memory_format
 from torch import nn
 
 
@@ -50,8 +50,8 @@ def evaluate(
             xb = x_uint8[s].to(device, non_blocking=True)
             yb = y[s].to(device, non_blocking=True)
             x = (xb.float().div_(255) - mean_t) * inv_std  # (B, 3, H, W)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
+            # the trainer's layout, so validation runs the kernels that training ran
+            x = x.contiguous(memory_format=memory_format(device))
             with autocast(device):
                 if tta:
                     # One forward over [images; mirrors], (2B, 3, H, W), then average.

@@ -1,6 +1,7 @@
 """Optimizers and weight averaging built from a `TrainRecipe`.
 
-`make_optimizer` covers every optimizer the recipe names, fused or multi-tensor on CUDA.
+`make_optimizer` covers every optimizer the recipe names; on CUDA each runs an
+implementation that never reads a device value on the host inside `step()`.
 `WeightEMA` keeps an exponential moving average of the weights, which the trainer
 evaluates when the recipe asks for it.
 """
@@ -16,7 +17,28 @@ from torch import nn
 
 # Optimizers with a fused CUDA kernel (one launch for the whole update). The rest get the
 # multi-tensor `foreach` path on CUDA, a handful of launches instead of one per tensor.
-_FUSED_ON_CUDA = frozenset({"sgd", "nesterov", "adam", "adamw"})
+_FUSED_ON_CUDA = frozenset({"sgd", "nesterov", "adam", "adamw", "adagrad"})
+# Multi-tensor paths that, unless capturable, call `.item()` once per parameter tensor on
+# every step. ASGD keeps its step counters on the GPU, so that is a host sync per tensor
+# (95 per step for `zigzag`); Adamax keeps them on the CPU, so it is Python work per
+# tensor that also stops the step being graph-captured. Capturable does the arithmetic
+# on the device and reads nothing back.
+_CAPTURABLE_ON_CUDA = frozenset({"asgd", "adamax"})
+
+
+def device_options(name: str, device_type: str) -> dict[str, bool]:
+    """The implementation flags `make_optimizer` passes for optimizer `name` on a device type.
+
+    CUDA: fused where torch has a fused kernel, else foreach (and capturable where the
+    foreach path would sync). Other devices: torch's defaults, {}.
+    """
+    if device_type != "cuda":
+        return {}
+    if name in _FUSED_ON_CUDA:
+        return {"fused": True}
+    if name in _CAPTURABLE_ON_CUDA:
+        return {"foreach": True, "capturable": True}
+    return {"foreach": True}
 
 
 ADAM_BETA2 = 0.999  # second-moment decay of the Adam family; the recipe sets beta1
@@ -40,21 +62,24 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return groups
 
 
-def make_optimizer(model: nn.Module, recipe: TrainRecipe) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: nn.Module, recipe: TrainRecipe, *, device_type: str | None = None
+) -> torch.optim.Optimizer:
     """The recipe's optimizer over `model`'s parameters (which must already be on their device).
 
     `recipe.momentum` is SGD's and RMSprop's momentum and beta1 of Adam, AdamW and Adamax
     (beta2 is 0.999); ASGD, Adagrad and Adadelta have no momentum and ignore it. Nesterov
     with momentum 0 is plain SGD, which torch would otherwise reject. Weight decay
-    follows `param_groups`. On CUDA the fused or foreach implementation is used.
+    follows `param_groups`. The implementation follows `device_options` for
+    `device_type`, by default the device of the parameters (tests pass "cuda" to build
+    the CUDA variant over CPU tensors).
     """
     name, lr, mom = recipe.optimizer, recipe.lr, recipe.momentum
     groups = param_groups(model, recipe.weight_decay)
-    first = next((p for g in groups for p in g["params"]), None)
-    on_cuda = first is not None and first.device.type == "cuda"
-    speed: dict[str, bool] = {}
-    if on_cuda:
-        speed = {"fused": True} if name in _FUSED_ON_CUDA else {"foreach": True}
+    if device_type is None:
+        first = next((p for g in groups for p in g["params"]), None)
+        device_type = first.device.type if first is not None else "cpu"
+    speed = device_options(name, device_type)
     betas = (mom, ADAM_BETA2)
     optim = torch.optim
     if name in ("sgd", "nesterov"):

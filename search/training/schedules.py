@@ -236,8 +236,10 @@ def make_schedule(
 ) -> Schedule:
     """The recipe's schedule, driving `optimizer`'s learning rate from `recipe.lr`.
 
-    `steps_per_epoch` is the number of optimizer steps in one epoch. Per-step kinds set
-    the lr for step 0 at once; plateau kinds start at `recipe.lr`.
+    `steps_per_epoch` is the number of optimizer steps in one epoch (the trainer's
+    n // batch_size full batches), so step-driven kinds end exactly after
+    `recipe.epochs` epochs. Per-step kinds set the lr for step 0 at once; plateau kinds
+    start at `recipe.lr`.
 
     Example:
         >>> model = torch.nn.Linear(2, 2)

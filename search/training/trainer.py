@@ -3,7 +3,9 @@
 Pure: no globals, no printing, no hard-coded device. The same code trains a 64-image
 CPU test and a full CIFAR-10 run on an H100, where it uses bf16 autocast, channels-last
 tensors, fused optimizers and never waits on the GPU inside an epoch: losses and correct
-counts are summed on the device and read once per epoch.
+counts are summed on the device and read once per epoch. Every step takes a full batch,
+so the per-epoch validation the pruner compares is not moved by a last small batch at a
+high learning rate, and every step has the same input shape.
 """
 
 from __future__ import annotations
@@ -18,7 +20,12 @@ import torch
 import torch.nn.functional as F
 from autosearch.search.training.augment import augment_batch
 from autosearch.search.training.data import CifarData
-from autosearch.search.training.device import autocast, channel_tensors, resolve_device
+from autosearch.search.training.device import (
+    autocast,
+    channel_tensors,
+    memory_format,
+    resolve_device,
+)
 from autosearch.search.training.evaluation import evaluate
 from autosearch.search.training.optimizers import WeightEMA, make_optimizer
 from autosearch.search.training.recipe import TrainRecipe
@@ -122,9 +129,17 @@ def training_state(loop: _Loop, epoch: int) -> dict[str, Any]:
     )
 
 
-def _steps_per_epoch(n: int, batch_size: int) -> int:
-    full, rest = divmod(n, batch_size)
-    return full + (rest >= MIN_BATCH)
+def _steps_per_epoch(n: int, batch_size: int) -> tuple[int, int]:
+    """(optimizer steps, images per step) of one epoch over `n` training images.
+
+    Every step takes a full batch of `batch_size`: the n mod batch_size images left after
+    the last full batch sit this epoch out. Each epoch draws a fresh permutation, so which
+    images those are changes and every image is trained on over the run. A split smaller
+    than one batch trains one step per epoch on all of its images (the batch is clamped
+    to n), so a small subset never has an empty epoch.
+    """
+    batch = min(batch_size, n)
+    return n // batch, batch
 
 
 @dataclass
@@ -143,6 +158,7 @@ class _Loop:
     mean_t: torch.Tensor  # (1, 3, 1, 1)
     inv_std: torch.Tensor  # (1, 3, 1, 1)
     steps_per_epoch: int
+    batch: int  # images per step: recipe.batch_size, or n_train when the split is smaller
     seen_per_epoch: int  # images a training epoch actually sees
     history: list[EpochReport] = field(default_factory=list)
     best_val_acc: float = math.nan
@@ -154,10 +170,9 @@ def _set_up(
     n_train = len(data.train_y)
     if n_train < MIN_BATCH:
         raise ValueError(f"the training split has {n_train} image(s); at least 2 are needed")
-    steps = _steps_per_epoch(n_train, recipe.batch_size)
+    steps, batch = _steps_per_epoch(n_train, recipe.batch_size)
     model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    model.to(memory_format=memory_format(device))
     optimizer = make_optimizer(model, recipe)
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
@@ -175,8 +190,9 @@ def _set_up(
         mean_t=mean_t,
         inv_std=inv_std,
         steps_per_epoch=steps,
-        # the dropped remainder of 1 image is not counted
-        seen_per_epoch=min(n_train, steps * recipe.batch_size),
+        batch=batch,
+        # images/s and the per-epoch means count only the images the steps trained on
+        seen_per_epoch=min(n_train, steps * batch),
     )
 
 
@@ -202,10 +218,13 @@ def _restore(loop: _Loop, resume: dict[str, Any]) -> int:
 def _train_epoch(loop: _Loop) -> tuple[float, float, float, float]:
     """One pass over a fresh permutation: (mean loss, accuracy, last lr, seconds).
 
-    Losses and correct counts are summed on the device and read back once, at the end.
+    `steps_per_epoch` full batches; the permutation's tail beyond them waits for another
+    epoch. Losses and correct counts are summed on the device and read back once, at the
+    end.
     """
     model, recipe, device = loop.model, loop.recipe, loop.device
-    x_all, y_all, batch = loop.data.train_x, loop.data.train_y, recipe.batch_size
+    x_all, y_all, batch = loop.data.train_x, loop.data.train_y, loop.batch
+    layout = memory_format(device)
     model.train()
     started = time.perf_counter()
     perm = torch.randperm(len(y_all), device=device, generator=loop.generator)
@@ -218,9 +237,7 @@ def _train_epoch(loop: _Loop) -> tuple[float, float, float, float]:
         y = y_all[idx]
         if recipe.augment:
             x = augment_batch(x, recipe.augment, loop.generator)
-        x = (x - loop.mean_t) * loop.inv_std
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = ((x - loop.mean_t) * loop.inv_std).contiguous(memory_format=layout)
         with autocast(device):
             logits = model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
@@ -312,8 +329,9 @@ def train(
 ) -> TrainResult:
     """Train `model` on `data.train_*` following `recipe`; validate on `data.val_*`.
 
-    Each epoch: a fresh permutation from a device generator seeded with `seed`, batches
-    of `recipe.batch_size` (a last batch under 2 images is dropped), augmentation,
+    Each epoch: a fresh permutation from a device generator seeded with `seed`, n // B
+    full batches of B = `recipe.batch_size` (the n mod B left over sit the epoch out; a
+    split of fewer than B images makes one batch of all of them), augmentation,
     normalisation, a step, and the lr schedule; then evaluation (on the EMA weights when
     `recipe.ema` > 0, with flip TTA when `recipe.tta`). After each epoch:
 

@@ -7,13 +7,21 @@ import optuna
 import pytest
 import torch
 from autosearch import load_best_model
-from autosearch.models import make_spec
+from autosearch.models import build_model, make_spec
 from autosearch.search.cli import app
 from autosearch.search.results.export import export_trial
-from autosearch.search.results.exported import ExportError, evaluate_export, load_export
+from autosearch.search.results.exported import (
+    ExportError,
+    evaluate_export,
+    load_export,
+)
+from autosearch.search.results.exported import test_accuracy as measure_test_accuracy
+from autosearch.search.training.device import memory_format
 from autosearch.search.training.recipe import TrainRecipe
 from safetensors.torch import load_file
 from typer.testing import CliRunner
+
+from tests.conftest import tiny_data
 
 runner = CliRunner()
 SPLIT = ["--subset", "200", "--val-size", "100", "--device", "cpu"]
@@ -70,6 +78,15 @@ def test_evaluate_reproduces_the_test_accuracy_exactly(exported, cifar_dir):
     data = json.loads(result.stdout)
     recorded = json.loads((exported / "model.json").read_text())["test_acc"]
     assert data["match"] and data["test_acc"] == recorded
+
+
+def test_the_test_pass_runs_in_the_training_layout():
+    cpu = torch.device("cpu")
+    model = build_model(make_spec([8], [1], stem_width=8))
+    loss, acc = measure_test_accuracy(model, tiny_data(), TrainRecipe(tta=False), cpu)
+    assert 0 <= acc <= 1
+    conv = model.stem[0][0]
+    assert conv.weight.is_contiguous(memory_format=memory_format(cpu))
 
 
 def test_load_best_model_returns_the_trained_module(exported):

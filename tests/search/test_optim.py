@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import importlib
 import io
 import math
 
 import pytest
 import torch
-from autosearch.search.training.optimizers import WeightEMA, make_optimizer, param_groups
+from autosearch.search.training.optimizers import (
+    WeightEMA,
+    device_options,
+    make_optimizer,
+    param_groups,
+)
 from autosearch.search.training.recipe import OPTIMIZERS, SCHEDULES, TrainRecipe
 from autosearch.search.training.schedules import ONECYCLE_START, make_schedule
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 def tiny_model() -> nn.Module:
@@ -64,6 +71,77 @@ def test_momentum_is_beta1_of_the_adam_family_and_nesterov_needs_none():
     assert opt.param_groups[0]["nesterov"] is False  # plain SGD instead of a torch error
     opt = make_optimizer(tiny_model(), TrainRecipe(optimizer="nesterov", momentum=0.9))
     assert opt.param_groups[0]["nesterov"] is True
+
+
+class ScalarReads(TorchDispatchMode):
+    """Counts `aten::_local_scalar_dense`, the op behind every `.item()`, `float(t)` and
+    `bool(t)` of a tensor: on CUDA each one waits for the GPU (a host sync)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def scalar_reads_per_step(opt: torch.optim.Optimizer, model: nn.Module, steps: int) -> list[int]:
+    """Scalar reads inside each of `steps` optimizer steps (the first one builds the state)."""
+    device = next(model.parameters()).device
+    x, y = torch.randn(4, 3, 6, 6, device=device), torch.tensor([0, 1, 0, 1], device=device)
+    counts = []
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        with ScalarReads() as reads:
+            opt.step()
+        counts.append(reads.calls)
+    return counts
+
+
+@pytest.fixture
+def cuda_path_device(monkeypatch) -> torch.device:
+    """Where to run the CUDA implementation: the GPU if there is one, else the CPU.
+
+    Torch runs fused and foreach kernels on CPU tensors, but refuses `capturable` for
+    parameters off an accelerator by an up-front device check. On the CPU that check is
+    widened to admit "cpu"; the update arithmetic that runs is torch's, unchanged.
+    """
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    for module in map(importlib.import_module, ("torch.optim.asgd", "torch.optim.adamax")):
+        supported = module._get_capturable_supported_devices
+        monkeypatch.setattr(
+            module,
+            "_get_capturable_supported_devices",
+            lambda supports_xla=True, supported=supported: [*supported(supports_xla), "cpu"],
+        )
+    return torch.device("cpu")
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_the_cuda_optimizers_never_read_a_scalar_back(name, cuda_path_device):
+    model = tiny_model().to(cuda_path_device)
+    recipe = TrainRecipe(optimizer=name, lr=0.01, weight_decay=1e-3)
+    opt = make_optimizer(model, recipe, device_type="cuda")
+    for flag, value in device_options(name, "cuda").items():
+        assert opt.defaults[flag] is value  # built as on CUDA, not with CPU defaults
+    assert scalar_reads_per_step(opt, model, steps=3) == [0, 0, 0]
+
+
+def test_the_scalar_counter_sees_the_syncs_of_foreach_asgd():
+    # ASGD as it was built for CUDA before (foreach, not capturable): one read per tensor.
+    model = tiny_model()
+    opt = torch.optim.ASGD(model.parameters(), lr=0.01, foreach=True)
+    n_tensors = len(list(model.parameters()))
+    assert scalar_reads_per_step(opt, model, steps=2) == [n_tensors, n_tensors]
+
+
+def test_cpu_keeps_the_torch_defaults():
+    assert all(device_options(name, "cpu") == {} for name in OPTIMIZERS)
+    assert make_optimizer(tiny_model(), TrainRecipe(optimizer="asgd")).defaults["foreach"] is None
 
 
 # ------------------------------------------------------------------------- schedules

@@ -14,9 +14,11 @@ import pytest
 import torch
 from autosearch.models import build_model, make_spec
 from autosearch.search.training.data import CifarData
-from autosearch.search.training.device import resolve_device
+from autosearch.search.training.device import memory_format, resolve_device
 from autosearch.search.training.evaluation import evaluate
+from autosearch.search.training.optimizers import make_optimizer
 from autosearch.search.training.recipe import AugmentSpec, TrainRecipe
+from autosearch.search.training.schedules import make_schedule
 from autosearch.search.training.trainer import EpochReport, train
 
 CPU = torch.device("cpu")
@@ -83,8 +85,68 @@ def test_history_has_one_report_per_epoch():
     json.dumps(result.to_dict())  # plain data all the way down
 
 
-def test_full_size_images_and_a_ragged_last_batch():
-    # 65 images at batch 32: two full batches; the lone 65th image is dropped (BatchNorm).
+def numbered_data(n_train: int) -> CifarData:
+    """Training image i is filled with the value i (n_train <= 256), so a batch names its
+    images; mean 0 and std 1/255 make the normalised pixel value that number again."""
+    x = torch.arange(n_train, dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, 8, 8)
+    y = torch.arange(n_train) % 10
+    val = random_data(n_train=2, n_val=16)
+    return CifarData(
+        x.contiguous(), y, val.val_x, val.val_y, val.val_x, val.val_y, (0.0,) * 3, (1 / 255,) * 3
+    )
+
+
+@pytest.mark.parametrize(
+    ("n_train", "batch", "steps"),
+    [(70, 32, 2), (64, 32, 2), (100, 16, 6), (20, 32, 1)],  # the last: one step of all 20
+)
+def test_every_step_trains_a_full_batch(n_train, batch, steps):
+    epochs = 8
+    model = tiny_model()
+    batches: list[list[int]] = []  # image numbers of each training step
+
+    def record(module, inputs):
+        if module.training:
+            batches.append(inputs[0][:, 0, 0, 0].round().long().tolist())
+
+    model.register_forward_pre_hook(record)
+    recipe = QUICK.replace(batch_size=batch, epochs=epochs, augment=())
+    result = train(model, numbered_data(n_train), recipe, device="cpu")
+
+    assert result.status == "finished"
+    full = min(batch, n_train)  # a split smaller than the batch trains all of itself at once
+    assert steps == n_train // full
+    assert len(batches) == epochs * steps
+    assert all(len(b) == full for b in batches)
+    for epoch in range(epochs):
+        seen = [i for b in batches[epoch * steps : (epoch + 1) * steps] for i in b]
+        assert len(set(seen)) == len(seen)  # a permutation: no image twice in an epoch
+    # A fresh permutation each epoch: over 8 epochs every image gets its turn.
+    assert {i for b in batches for i in b} == set(range(n_train))
+    for r in result.history:
+        assert r.images_per_s * r.seconds == pytest.approx(steps * full)
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine", "step"])
+def test_step_schedules_end_where_the_run_ends(schedule):
+    # 70 images at batch 32: 2 steps per epoch, so 3 epochs are 6 steps, not 9.
+    recipe = QUICK.replace(
+        epochs=3, schedule=schedule, lr=0.1, min_lr_ratio=0.1, step_epochs=1, gamma=0.5
+    )
+    states = []
+    result = train(
+        tiny_model(), random_data(n_train=70), recipe, device="cpu", on_checkpoint=states.append
+    )
+    assert result.status == "finished"
+    assert states[-1]["schedule"]["steps"] == 3 * (70 // 32)
+    after = make_schedule(make_optimizer(tiny_model(), recipe), recipe, steps_per_epoch=70 // 32)
+    after.load_state_dict(states[-1]["schedule"])
+    end = {"onecycle": 0.0, "cosine": 0.1 * 0.1, "step": 0.1 * 0.5**3}[schedule]
+    assert after.lr == pytest.approx(end)
+
+
+def test_full_size_images_and_the_remainder_left_out():
+    # 65 images at batch 32: two full batches; the 65th image sits the epoch out.
     data = random_data(n_train=65, n_val=16, side=32)
     result = train(tiny_model(), data, QUICK.replace(epochs=1), device="cpu")
     assert result.status == "finished"
@@ -176,7 +238,7 @@ def test_resume_continues_exactly_and_the_state_loads_weights_only():
         schedule="onecycle",
         augment=(AugmentSpec("crop", {"pad": 2}), AugmentSpec("flip")),
     )
-    data = random_data(n_train=70)  # a ragged last batch of 6 images
+    data = random_data(n_train=70)  # 6 images left out of each epoch, a different 6 each time
     straight_model = tiny_model()
     straight = train(straight_model, data, recipe, device="cpu", seed=3)
 
@@ -250,3 +312,19 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="'cuda'.*not available"):
             resolve_device("cuda")
+
+
+def test_training_and_validation_use_the_devices_memory_layout():
+    layout = memory_format(CPU)
+    model = tiny_model()
+    modes: list[tuple[bool, bool]] = []  # (training, input in layout) of each forward
+    model.register_forward_pre_hook(
+        lambda module, inputs: modes.append(
+            (module.training, inputs[0].is_contiguous(memory_format=layout))
+        )
+    )
+    train(model, random_data(side=32), QUICK.replace(epochs=1), device="cpu")
+    assert {training for training, _ in modes} == {True, False}
+    assert all(in_layout for _, in_layout in modes)
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=layout)
