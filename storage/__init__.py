@@ -7,9 +7,12 @@ from autosearch.storage.checkpoints import (
     prune_finished,
     read_checkpoint,
 )
+from autosearch.storage.names import StudyNameError, check_study_name
 from autosearch.storage.optuna_storage import (
+    PermanentStorageError,
     ResilientRDBStorage,
     StorageError,
+    StorageUnavailableError,
     is_transient,
     make_storage,
     root_trial_number,
@@ -17,10 +20,12 @@ from autosearch.storage.optuna_storage import (
 from autosearch.storage.urls import (
     DEFAULT_DB_FILE,
     StorageURLError,
+    is_memory,
     is_postgres,
     is_sqlite,
     mask_url,
     resolve_url,
+    sqlite_file,
 )
 
 __all__ = [
@@ -28,9 +33,14 @@ __all__ = [
     "DEFAULT_ROOT",
     "CheckpointError",
     "CheckpointStore",
+    "PermanentStorageError",
     "ResilientRDBStorage",
     "StorageError",
     "StorageURLError",
+    "StorageUnavailableError",
+    "StudyNameError",
+    "check_study_name",
+    "is_memory",
     "is_postgres",
     "is_sqlite",
     "is_transient",
@@ -40,4 +50,5 @@ __all__ = [
     "read_checkpoint",
     "resolve_url",
     "root_trial_number",
+    "sqlite_file",
 ]

@@ -182,6 +182,6 @@ def test_real_trainer_records_everything_on_the_trial(tmp_path):
         assert t.value == attrs["final_val_acc"]
         assert sorted(t.intermediate_values) == [1, 2]
     # epoch checkpoints are gone; final weights are kept for the best trials
-    finals = sorted((tmp_path / "ck" / "t").glob("*/final.pt"))
+    finals = sorted((tmp_path / "ck").glob(f"t.{study.user_attrs['study_uid']}/*/final.pt"))
     assert len(finals) == 2
     assert top_trials(study, 1)[0].value == study.best_value
