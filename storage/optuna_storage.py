@@ -7,16 +7,13 @@ dead workers' trials are found and queued again (`storage.stale`).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import warnings
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-import sqlalchemy
 from autosearch.storage.retries import (
     PermanentStorageError,
     StorageError,
@@ -26,12 +23,10 @@ from autosearch.storage.retries import (
     reason,
 )
 from autosearch.storage.stale import retry_callback, root_trial_number
+from autosearch.storage.trial_writes import UNSETTLED, RepeatableWrites
 from autosearch.storage.urls import is_postgres, is_sqlite, mask_url, resolve_url, sqlite_file
-from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
+from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage
-from optuna.storages._rdb import models
-from optuna.storages._rdb.storage import _create_scoped_session
-from optuna.trial import TrialState
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -43,11 +38,9 @@ PG_POOL_TIMEOUT_S = 30  # wait for a free pooled connection before raising
 PG_CONNECT_TIMEOUT_S = 10  # a wrong host fails in seconds, not after the TCP default
 DB_RETRY_S = 300.0  # how long one storage call keeps retrying through a database outage
 _BACKOFF_FIRST_S, _BACKOFF_MAX_S = 0.25, 5.0  # doubling waits between retries
-CLAIM_ATTR = "autosearch:claim"  # trial system attribute: the token of the worker that claimed it
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
-_UNSETTLED = object()
 
 __all__ = [
     "PermanentStorageError",
@@ -126,7 +119,7 @@ def _retrying(method: Callable[..., _T]) -> Callable[..., _T]:
     return call
 
 
-class ResilientRDBStorage(RDBStorage):
+class ResilientRDBStorage(RepeatableWrites, RDBStorage):
     """`RDBStorage` whose calls survive a database restart or a busy SQLite file.
 
     Each call that fails with a lost connection, a refused connection or a lock timeout
@@ -140,9 +133,10 @@ class ResilientRDBStorage(RDBStorage):
     later anyway.
 
     A write whose commit reached the server but whose reply was lost is run again. The
-    writes that matter are safe to repeat: a claim (`claim_trial`) carries a token and
-    finds its own earlier commit; ending a trial finds the trial already ended as asked;
-    intermediate values, attributes and heartbeats overwrite themselves.
+    writes that matter are safe to repeat (`storage.trial_writes`): claims, created
+    trials and dead trials failed carry a token and find their own earlier commit;
+    ending a trial finds it already ended as asked; intermediate values, attributes and
+    heartbeats overwrite themselves.
     """
 
     def __init__(self, *args: Any, db_retry_s: float = DB_RETRY_S, **kwargs: Any) -> None:
@@ -151,20 +145,18 @@ class ResilientRDBStorage(RDBStorage):
         self._password = make_url(self.url).password
 
     def _retry(
-        self, name: str, call: Callable[[], _T], settle: Callable[[BaseException], Any] = None
+        self, name: str, call: Callable[[], _T], settle: Callable[[], Any] | None = None
     ) -> _T:
-        """Run `call`, again on transient failures; `settle(error)` of a repeated call
-        may say that the first attempt took effect after all (else `_UNSETTLED`)."""
+        """Run `call`, again on transient failures. Before each repeat, `settle()` may
+        find that the failed attempt took effect after all and return its result (else
+        `UNSETTLED`)."""
         give_up = time.monotonic() + self.db_retry_s
         wait, failures = _BACKOFF_FIRST_S, 0
         while True:
             try:
-                result = call()
+                settled = settle() if failures and settle is not None else UNSETTLED
+                result = call() if settled is UNSETTLED else settled
             except Exception as e:
-                if failures and settle is not None:
-                    settled = settle(e)
-                    if settled is not _UNSETTLED:
-                        return settled
                 if database_error(e) is None:
                     raise  # Optuna's own answer: no such study, a finished trial, ...
                 why = reason(e, self._password)
@@ -190,7 +182,8 @@ class ResilientRDBStorage(RDBStorage):
                 wait = min(2 * wait, _BACKOFF_MAX_S)
                 continue
             if failures:
-                log.warning("storage call %s succeeded after %d retries", name, failures)
+                how = "found its first attempt done" if settled is not UNSETTLED else "succeeded"
+                log.warning("storage call %s %s after %d retries", name, how, failures)
             return result
 
     # Leaf methods only: the public wrappers around them (create_new_trial,
@@ -207,7 +200,6 @@ class ResilientRDBStorage(RDBStorage):
     get_trial_user_attrs = _retrying(RDBStorage.get_trial_user_attrs)
     get_trial_system_attrs = _retrying(RDBStorage.get_trial_system_attrs)
     get_all_studies = _retrying(RDBStorage.get_all_studies)
-    _create_new_trial = _retrying(RDBStorage._create_new_trial)
     _set_trial_param = _retrying(RDBStorage._set_trial_param)
     get_trial_param = _retrying(RDBStorage.get_trial_param)
     set_trial_intermediate_value = _retrying(RDBStorage.set_trial_intermediate_value)
@@ -219,89 +211,6 @@ class ResilientRDBStorage(RDBStorage):
     get_trial = _retrying(RDBStorage.get_trial)
     _get_trials = _retrying(RDBStorage._get_trials)
     _get_best_trial_id = _retrying(RDBStorage._get_best_trial_id)
-
-    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
-        """`RDBStorage.set_trial_state_values`, safe to repeat after a lost reply: a
-        repeated call that finds the trial already ended as asked reports success."""
-
-        def settle(error: BaseException) -> Any:
-            if not isinstance(error, UpdateFinishedTrialError) or not state.is_finished():
-                return _UNSETTLED
-            stored = RDBStorage.get_trial(self, trial_id)
-            same = values is None or stored.values == [float(v) for v in values]
-            return True if stored.state == state and same else _UNSETTLED
-
-        return self._retry(
-            "set_trial_state_values",
-            lambda: RDBStorage.set_trial_state_values(self, trial_id, state, values),
-            settle,
-        )
-
-    def claim_trial(self, trial_id: int, token: str) -> bool:
-        """Move a WAITING trial to RUNNING for the caller, with its first heartbeat.
-
-        The state change, a system attribute holding `token` and the heartbeat are one
-        transaction, so no claimed trial is ever without a heartbeat (a worker that
-        dies right after claiming leaves a trial that goes stale like any other). A
-        repeat after a lost reply finds `token` and reports the claim as its own.
-
-        Returns:
-            True when the trial is now this caller's; False when another took it.
-        """
-        return self._retry("claim_trial", lambda: self._claim(trial_id, token))
-
-    def _claim(self, trial_id: int, token: str) -> bool:
-        value = json.dumps(token)
-        with _create_scoped_session(self.scoped_session) as session:
-            trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
-            attr = models.TrialSystemAttributeModel.find_by_trial_and_key(
-                trial, CLAIM_ATTR, session
-            )
-            if trial.state != TrialState.WAITING:
-                return (
-                    trial.state == TrialState.RUNNING
-                    and attr is not None
-                    and attr.value_json == value
-                )
-            trial.state = TrialState.RUNNING
-            trial.datetime_start = datetime.now()
-            if attr is None:  # a retry inherits its predecessor's token: overwrite it
-                attr = models.TrialSystemAttributeModel(trial_id=trial_id, key=CLAIM_ATTR)
-                session.add(attr)
-            attr.value_json = value
-            if self.heartbeat_interval is not None:
-                beat = models.TrialHeartbeatModel.where_trial_id(trial_id, session, True)
-                if beat is None:
-                    session.add(models.TrialHeartbeatModel(trial_id=trial_id))
-                else:
-                    beat.heartbeat = session.execute(sqlalchemy.func.now()).scalar()
-        return True
-
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        """Running trials whose heartbeat is older than the grace period, and running
-        trials that never beat at all and started longer than the grace period ago."""
-        return self._retry("_get_stale_trial_ids", lambda: self._stale_ids(study_id))
-
-    def _stale_ids(self, study_id: int) -> list[int]:
-        stale = RDBStorage._get_stale_trial_ids(self, study_id)
-        grace = self.grace_period or 2 * (self.heartbeat_interval or 0)
-        with _create_scoped_session(self.scoped_session, True) as session:
-            silent = (
-                session.query(models.TrialModel.trial_id, models.TrialModel._datetime_start_utc)
-                .filter(models.TrialModel.study_id == study_id)
-                .filter(models.TrialModel.state == TrialState.RUNNING)
-                .filter(
-                    ~sqlalchemy.exists().where(
-                        models.TrialHeartbeatModel.trial_id == models.TrialModel.trial_id
-                    )
-                )
-                .all()
-            )
-        # The start time is the claiming client's clock, stored as naive UTC. Claims made
-        # here always beat at once, so this catches trials started elsewhere (such as by
-        # `study.ask()`) that never beat; a few seconds of clock skew do not matter.
-        cutoff = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(seconds=grace)
-        return stale + [t for t, started in silent if started is not None and started < cutoff]
 
 
 def make_storage(

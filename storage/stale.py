@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial
 
 # User attributes that describe how one attempt ended; a retry starts without them.
 ATTEMPT_ATTRS = ("stopped", "fail_reason")
+OWN_PREFIX = "autosearch:"  # system attributes of one attempt (see storage.trial_writes)
 
 
 def retry_callback(
@@ -39,12 +40,16 @@ def retry_callback(
 
 
 class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
-    """Optuna's retry of a stale trial, minus the attributes that say how the dead
-    attempt ended (`ATTEMPT_ATTRS`): the retry is a new attempt, not yet ended."""
+    """Optuna's retry of a stale trial, minus what belonged to the dead attempt: the
+    user attributes that say how it ended (`ATTEMPT_ATTRS`) and our system attributes
+    (its claim and creation tokens). The retry is a new attempt, not yet ended."""
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         trial = copy.copy(trial)
         trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ATTEMPT_ATTRS}
+        trial.system_attrs = {
+            k: v for k, v in trial.system_attrs.items() if not k.startswith(OWN_PREFIX)
+        }
         super().__call__(study, trial)
 
 

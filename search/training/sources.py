@@ -214,8 +214,28 @@ def load_cifar10(data_dir: str | Path | None = None, *, download: bool = True) -
     Raises:
         DataNotFoundError: nothing readable was found; the message lists every path tried.
     """
+    path, reader = locate_cifar10(data_dir, download=download)
+    return reader(path)
+
+
+def locate_cifar10(
+    data_dir: str | Path | None = None, *, download: bool = True
+) -> tuple[Path, Callable[[Path], RawCifar]]:
+    """Where `load_cifar10` would read CIFAR-10 from, and its reader; nothing is read.
+
+    A `data_dir` that does not exist is an error, not a folder to create and download
+    into: it is most likely a typo.
+
+    Raises:
+        DataNotFoundError: nothing readable was found; the message lists every path tried.
+    """
     if data_dir is not None:
         places, origin = [Path(data_dir).expanduser()], "the data_dir argument"
+        if not places[0].exists():
+            raise DataNotFoundError(
+                f"data folder {str(data_dir)!r} does not exist; point --data-dir (or "
+                f"{ENV_VAR}) at a folder holding {NPZ_NAME}, {BATCHES_DIR}/ or {ARCHIVE_NAME}"
+            )
     elif os.environ.get(ENV_VAR):
         places, origin = [Path(os.environ[ENV_VAR]).expanduser()], f"${ENV_VAR}"
     else:
@@ -223,7 +243,7 @@ def load_cifar10(data_dir: str | Path | None = None, *, download: bool = True) -
     for place in places:
         found = _find_reader(place)
         if found is not None:
-            return found[1](found[0])
+            return found
 
     root = places[0]
     if root.suffix in (".gz", ".tgz", ".npz"):
@@ -234,7 +254,7 @@ def load_cifar10(data_dir: str | Path | None = None, *, download: bool = True) -
             found = _find_reader(root)
             if found is None:
                 raise FileNotFoundError(f"no readable copy in {root} after downloading")
-            return found[1](found[0])
+            return found
         except Exception as exc:  # no network, a proxy, a full disk: all end the same way
             why = f"downloading into {root} failed ({type(exc).__name__}: {exc})"
     else:

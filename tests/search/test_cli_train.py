@@ -63,3 +63,4 @@ def test_train_bad_recipe_and_missing_data(tmp_path):
     )
     assert result.exit_code == 2
     assert "--data-dir" in result.stderr and "AUTOSEARCH_DATA" in result.stderr
+    assert not (tmp_path / "none").exists()  # a mistyped folder is refused, not created

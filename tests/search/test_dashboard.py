@@ -74,6 +74,7 @@ def test_missing_extra_says_how_to_install(monkeypatch):
 
 
 def test_a_taken_port_fails_with_one_line(tmp_path):
+    optuna.create_study(study_name="dash", storage=f"sqlite:///{tmp_path}/d.db")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import optuna
 import pytest
 from autosearch.search.cli import app
 from autosearch.search.tuning.launcher import (
@@ -91,5 +92,7 @@ def test_launch_options_fail_with_one_line(tmp_path: Path, cifar_dir: Path) -> N
     common = ["--study", "zigzag", "--storage", f"sqlite:///{tmp_path}/x.db"]
     result = runner.invoke(app, ["start", *common, "--gpus", "0", "--workers", "2"])
     assert result.exit_code == 2 and "not both" in result.stderr
+    assert not (tmp_path / "x.db").exists()
+    optuna.create_study(study_name="other", storage=f"sqlite:///{tmp_path}/x.db")
     result = runner.invoke(app, ["worker", "--study", "nope", "--storage", f"{tmp_path}/x.db"])
     assert result.exit_code == 2 and "no study named 'nope'" in result.stderr
