@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import shutil
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -249,6 +250,7 @@ def locate_cifar10(
     if root.suffix in (".gz", ".tgz", ".npz"):
         root = root.parent
     if download:
+        made = not root.exists()
         try:
             _download(root)
             found = _find_reader(root)
@@ -256,12 +258,14 @@ def locate_cifar10(
                 raise FileNotFoundError(f"no readable copy in {root} after downloading")
             return found
         except Exception as exc:  # no network, a proxy, a full disk: all end the same way
+            if made:  # a failed download leaves no empty folder behind
+                shutil.rmtree(root, ignore_errors=True)
             why = f"downloading into {root} failed ({type(exc).__name__}: {exc})"
     else:
         why = "downloading was disabled (download=False)"
-    tried = "\n".join(f"  {p.resolve()}" for p in places)
+    tried = ", ".join(str(p.resolve()) for p in places)
     raise DataNotFoundError(
-        f"CIFAR-10 not found in {origin}; looked for {NPZ_NAME}, {BATCHES_DIR}/ and "
-        f"{ARCHIVE_NAME} in:\n{tried}\n{why}.\n"
-        f"Point to a copy with --data-dir DIR or by setting {ENV_VAR}=DIR."
+        f"CIFAR-10 not found in {origin}: no {NPZ_NAME}, {BATCHES_DIR}/ or {ARCHIVE_NAME} "
+        f"in {tried}; {' '.join(why.split())}. Point to a copy with --data-dir DIR or by "
+        f"setting {ENV_VAR}=DIR."
     )

@@ -92,7 +92,7 @@ def placement(p: Any, *, needs_data: bool) -> None:
         try:
             locate_cifar10(p.data_dir)
         except DataNotFoundError as e:
-            raise StudyError(str(e).splitlines()[0] if p.data_dir else str(e)) from None
+            raise StudyError(str(e)) from None
 
 
 def data_settings(subset: Any, val_size: Any) -> None:
