@@ -58,8 +58,9 @@ def mask_url(url: str | URL) -> str:
     except (ArgumentError, ValueError, TypeError):
         return text
     secret_keys = [k for k in parsed.query if k.lower() in _QUERY_SECRETS]
-    if secret_keys:
-        parsed = parsed.update_query_dict({k: _MASK for k in secret_keys})
+    if not secret_keys:
+        return text  # as given: rendering would percent-encode, e.g. `:memory:`
+    parsed = parsed.update_query_dict({k: _MASK for k in secret_keys})
     # The query masks are percent-encoded on rendering; show them as plain asterisks.
     return parsed.render_as_string(hide_password=True).replace("%2A%2A%2A", _MASK)
 
