@@ -27,6 +27,7 @@ import optuna
 from autosearch.search.tuning.budget import PARKED_ATTR
 from autosearch.search.tuning.objective import TrialFailed
 from autosearch.search.tuning.outcomes import FAILED
+from autosearch.storage.retries import reason
 from optuna.trial import FrozenTrial, TrialState
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,8 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial):
             try:
                 storage.record_heartbeat(trial._trial_id)
             except Exception as e:  # a database blip must not kill the trial
-                log.warning("heartbeat of trial %d failed: %s", trial.number, e)
+                # The database's own words, not Optuna's "invalid data" wrapper text.
+                log.warning("heartbeat of trial %d failed: %s", trial.number, reason(e))
             if stop.wait(interval):
                 return
 
@@ -222,6 +224,9 @@ class LauncherGone(BaseException):
 
 
 def _launcher_gone(_signum, _frame) -> None:
+    # Once: the kernel and the watch thread may both send the signal, and a second
+    # LauncherGone would cut short the handing back of the running trial.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     raise LauncherGone("the launcher died")
 
 
