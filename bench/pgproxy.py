@@ -187,6 +187,10 @@ class PgProxy:
             except OSError:
                 client.close()
                 continue
+            for s in (client, server):
+                # Messages pass one by one; Nagle's algorithm would hold each small one
+                # back for the previous one's acknowledgement, tens of ms per query.
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             link = _Link(self, client, server)
             self._links.append(link)
             for target in (link.upstream, link.downstream):
