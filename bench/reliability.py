@@ -13,13 +13,15 @@ study and returns a summary line:
   trial completes;
 - corrupt: the worker is killed and its newest checkpoint altered; the retry refuses
   it and resumes from the one before;
-- sqlite: 4 workers on one SQLite file; no "database is locked" failure.
+- sqlite: 4 workers on one SQLite file; no "database is locked" failure;
+- cuts, orphans, restarts: the faults of bench/faults.py (connections cut at chosen
+  moments through a proxy, the launcher killed with SIGKILL, runtime errors restarted).
 
 Usage:
     python bench/reliability.py --pg postgresql+psycopg://postgres@127.0.0.1:5432/postgres \\
         --repeat 3
 
-The tests in tests/search/test_scaleout.py run each scenario once.
+The tests in tests/search/test_scaleout.py and test_faults.py run each scenario once.
 """
 
 from __future__ import annotations
@@ -472,6 +474,18 @@ def sqlite(*, workers: int = 4, trials: int = 40) -> str:
     )
 
 
+SCENARIOS = (
+    "concurrency",
+    "kill",
+    "db_restart",
+    "corrupt",
+    "sqlite",
+    "cuts",
+    "orphans",
+    "restarts",
+)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -479,22 +493,28 @@ def main() -> None:
         default=os.environ.get("AUTOSEARCH_TEST_PG"),
         help="admin URL of a PostgreSQL server whose user may CREATE DATABASE",
     )
-    parser.add_argument("--repeat", type=int, default=3, help="runs of the concurrency scenario")
     parser.add_argument(
-        "--only", nargs="*", default=None, help="concurrency kill db_restart corrupt sqlite"
+        "--repeat", type=int, default=3, help="runs of the concurrency and cuts scenarios"
     )
+    parser.add_argument("--only", nargs="*", default=None, help=" ".join(SCENARIOS))
     args = parser.parse_args()
     if not args.pg:
         parser.error("--pg or AUTOSEARCH_TEST_PG is required")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    chosen = args.only or ["concurrency", "kill", "db_restart", "corrupt", "sqlite"]
+    chosen = args.only or list(SCENARIOS)
     from autosearch.storage.databases import temporary_database
+
+    from bench import faults
 
     with temporary_database(args.pg, prefix=f"autosearch_bench_{os.getpid()}") as url:
         for name in chosen:
-            runs = args.repeat if name == "concurrency" else 1
+            # The concurrency and cut scenarios are the ones that must hold every time.
+            runs = args.repeat if name in ("concurrency", "cuts") else 1
             for i in range(runs):
-                line = sqlite() if name == "sqlite" else globals()[name](url)
+                if name in ("sqlite", "restarts"):  # SQLite: no server needed
+                    line = sqlite() if name == "sqlite" else faults.restarts()
+                else:
+                    line = (getattr(faults, name, None) or globals()[name])(url)
                 suffix = f" [run {i + 1}/{runs}]" if runs > 1 else ""
                 print(line + suffix, flush=True)
 

@@ -81,6 +81,7 @@ def test_train_seeds_the_initial_weights(cifar_dir):
         runs.append(
             run_training(spec, recipe, data_dir=str(cifar_dir), subset=100, val_size=20, seed=3)
         )
+
     def losses(run):
         return [(r["train_loss"], r["val_loss"]) for r in run["history"]], run["test_loss"]
 

@@ -211,3 +211,12 @@ def _has(owner: object, name: str) -> bool:
     # Instance attributes of Study and Trial are set in __init__.
     init = getattr(owner, "__init__", None)
     return init is not None and f"self.{name}" in inspect.getsource(init)
+
+
+def test_pyproject_holds_optuna_to_the_version_the_storage_is_written_for() -> None:
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert "optuna>=5,<6" in project["dependencies"]
+    assert all("<" in d for d in project["dependencies"])  # each held below its next major
