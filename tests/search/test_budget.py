@@ -3,6 +3,7 @@ retried once, and a retried trial is counted once, by how its retry ended."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -114,3 +115,20 @@ def test_a_dead_trial_carries_its_reason_and_counts_once(tmp_path: Path) -> None
     )
     counts = count_outcomes(study)
     assert counts["complete"] == 2 and counts["failed"] == 0 and counts["retried"] == 1
+
+
+def test_a_trial_that_never_beat_does_not_hang_the_workers(tmp_path: Path) -> None:
+    study = study_on(tmp_path, heartbeat_interval=1, grace_period=2)
+    with pytest.warns(UserWarning):  # ask() on a heartbeat storage: Optuna's own warning
+        silent = study.ask({"x": optuna.distributions.FloatDistribution(0.0, 1.0)})
+    # A worker died between the claim and its first beat: RUNNING, no heartbeat at all.
+    finished = []
+    worker = threading.Thread(target=lambda: finished.append(run_worker(study, objective)))
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "the worker waits for ever on a trial that never beat"
+    assert finished == [1]  # it failed the silent trial after grace, then ran its retry
+    dead, retry = study.trials
+    assert dead.number == silent.number and dead.state == TrialState.FAIL
+    assert "no heartbeat" in dead.user_attrs["fail_reason"]
+    assert retry.state == TrialState.COMPLETE and retry.params == dead.params

@@ -191,3 +191,14 @@ def test_the_longest_allowed_name_works_on_every_backend(
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert name in optuna.get_all_study_names(url)
+
+
+def test_a_read_only_storage_fails_at_once_with_its_cause(
+    cwd: Path, cifar_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = cwd / "ro.db"
+    optuna.create_study(study_name="other", storage=f"sqlite:///{path}")
+    url = f"sqlite:///file:{path}?mode=ro&uri=true"
+    line = refused(start(cifar_dir, "--storage", url), cwd, "readonly database")
+    assert "invalid data" not in line and "retrying" not in caplog.text
+    assert not any(p.name.startswith("file:") for p in cwd.rglob("*"))  # no stray folders
