@@ -314,9 +314,14 @@ def _kill_mid_epoch(ws: Workspace, study: str, url: str, *, after_epoch: int, co
     # Opened before the launch: opening a storage while two workers train takes seconds.
     storage = optuna.storages.RDBStorage(url)
     process = launch(args, log)
-    folder = ws.checkpoints / study / "trial-00000"
-    marker = folder / f"epoch-{after_epoch:04d}.pt"
-    wait_for(marker.exists, 120, f"{marker.name} of the first trial")
+    marker = f"epoch-{after_epoch:04d}.pt"
+    # The study's folder is named after the study and its identity: <study>.<uuid>.
+    found = wait_for(
+        lambda: next(ws.checkpoints.glob(f"{study}.*/trial-00000/{marker}"), None),
+        120,
+        f"{marker} of the first trial",
+    )
+    folder = found.parent
     saved = time.monotonic()
     time.sleep(0.3)  # into the next epoch, which takes about a second
     # The objective records "host:pid" of the process that runs the trial.
@@ -423,8 +428,9 @@ def db_restart(url: str, *, workers: int = 2, trials: int = 16) -> str:
         )  # fmt: skip
         log = ws.root / "launcher.log"
         process = launch(args, log)
-        ck = ws.checkpoints / study
-        wait_for(lambda: ck.is_dir() and len(list(ck.rglob("*.pt"))) >= 2, 120, "a checkpoint")
+        wait_for(
+            lambda: len(list(ws.checkpoints.glob(f"{study}.*/*/*.pt"))) >= 2, 120, "a checkpoint"
+        )
         stopped = time.monotonic()
         subprocess.run([*pg_cluster(), "stop"], check=True, capture_output=True)
         time.sleep(2.0)
