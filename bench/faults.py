@@ -94,8 +94,9 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def orphans(url: str) -> str:
-    """SIGKILL the launcher mid-trial: its workers end, their trials are queued again."""
+def orphans(url: str, *, rerun: bool = True) -> str:
+    """SIGKILL the launcher mid-trial: its workers end, their trials are queued again;
+    with `rerun`, the next `start` runs the retries, which resume from checkpoints."""
     study = f"orphans-{uuid.uuid4().hex[:8]}"
     with workspace() as ws:
         space = ws.space("slow", SLOW_SPACE, 4)
@@ -125,6 +126,12 @@ def orphans(url: str) -> str:
         )
         assert len(retries) == len(cut_off) and all(t in waiting for t in retries), states
         assert not any(t.state == TrialState.RUNNING for t in trials), states
+        if not rerun:
+            return (
+                f"orphans: SIGKILL of the launcher mid-epoch; its 2 workers ended "
+                f"{gone_after:.1f} s later; {len(cut_off)} running trial(s) failed and queued "
+                "at once; 0 running"
+            )
         # The next run takes the retries first; they resume from their checkpoints.
         again = start_args(
             ws, study, url, space=space, trials=len(waiting), workers=2, subset=200,

@@ -7,6 +7,7 @@ resumes from a checkpoint of another architecture or recipe.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -32,15 +33,29 @@ def digests(root: Path) -> dict[str, str]:
     }
 
 
+def tiny_space(epochs: int):
+    # One or two narrow stages: each trial trains in a blink on 8x8 images.
+    space = small_space(epochs=epochs)
+    arch = dataclasses.replace(
+        space.arch,
+        stages=(1, 2),
+        widths=(8, 16),
+        repeats=(1, 1),
+        stem_widths=(8,),
+        downsamples=(0, 1),
+    )
+    return dataclasses.replace(space, arch=arch)
+
+
 def run(study: optuna.Study, trials: int, root: Path, epochs: int = 1) -> None:
-    config = RunConfig(space=small_space(epochs=epochs), device="cpu", checkpoint_dir=str(root))
+    config = RunConfig(space=tiny_space(epochs), device="cpu", checkpoint_dir=str(root))
     reserve_trials(study, trials)
     run_worker(study, Objective(config, data=tiny_data()))
 
 
 def test_a_study_of_the_same_name_never_touches_the_others_files(tmp_path: Path) -> None:
     root = tmp_path / "ck"
-    first = make_study(small_space(epochs=1))  # "t", in its own storage
+    first = make_study(tiny_space(1))  # "t", in its own storage
     run(first, 4, root)
     kept = digests(root)
     assert len(kept) == 3  # the final weights of the 3 best trials
@@ -50,7 +65,7 @@ def test_a_study_of_the_same_name_never_touches_the_others_files(tmp_path: Path)
     )
     kept = digests(root)
 
-    second = make_study(small_space(epochs=1), seed=1)  # "t" again, another storage
+    second = make_study(tiny_space(1), seed=1)  # "t" again, another storage
     assert second.user_attrs[UID_ATTR] != first.user_attrs[UID_ATTR]
     run(second, 5, root)
     after = digests(root)
@@ -61,7 +76,7 @@ def test_a_study_of_the_same_name_never_touches_the_others_files(tmp_path: Path)
 
 def test_a_checkpoint_of_another_architecture_is_refused(tmp_path: Path) -> None:
     root = tmp_path / "ck"
-    study = make_study(small_space(epochs=2))
+    study = make_study(tiny_space(2))
     other = make_spec([16, 16], [1, 1], stem_width=8)
     store = CheckpointStore(root, study_folder("t", study.user_attrs[UID_ATTR]), 0)
     store.save(1, {"model": {"w": torch.zeros(2)}, "arch": other.to_dict(), "recipe": {}})
