@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 from autosearch.search.cli import app
-from autosearch.search.tuning.budget import queued_trials, reserve_trials
+from autosearch.search.tuning.budget import reserve_trials
 from autosearch.search.tuning.outcomes import count_outcomes
 from autosearch.search.tuning.session import Placement, StartRequest, start
 from autosearch.search.tuning.worker import claim_trial, fail_stale, run_worker
@@ -62,6 +62,8 @@ def test_trials_n_runs_exactly_n_after_an_interrupted_run(tmp_path: Path) -> Non
     assert counts["complete"] == 4 and counts["parked"] == 2 and counts["waiting"] == 0
     # A later run takes the parked slots back first, then adds what it lacks.
     assert reserve_trials(study, 3) == 1
+    from autosearch.search.tuning.budget import queued_trials
+
     assert len(queued_trials(study)) == 3
     assert run_worker(study, objective) == 3 and count_outcomes(study)["parked"] == 0
     assert len(study.trials) == 7  # 6 slots, 1 added: 7 trials run in all
@@ -123,7 +125,9 @@ def test_a_trial_that_never_beat_does_not_hang_the_workers(tmp_path: Path) -> No
         silent = study.ask({"x": optuna.distributions.FloatDistribution(0.0, 1.0)})
     # A worker died between the claim and its first beat: RUNNING, no heartbeat at all.
     finished = []
-    worker = threading.Thread(target=lambda: finished.append(run_worker(study, objective)))
+    worker = threading.Thread(
+        target=lambda: finished.append(run_worker(study, objective)), daemon=True
+    )
     worker.start()
     worker.join(timeout=60)
     assert not worker.is_alive(), "the worker waits for ever on a trial that never beat"

@@ -16,9 +16,8 @@ import torch
 from autosearch.models import make_spec
 from autosearch.search.tuning.budget import reserve_trials
 from autosearch.search.tuning.objective import Objective, RunConfig
-from autosearch.search.tuning.study import UID_ATTR
 from autosearch.search.tuning.worker import run_worker
-from autosearch.storage.checkpoints import CheckpointStore, study_folder
+from autosearch.storage.checkpoints import CheckpointStore
 
 from tests.conftest import tiny_data
 from tests.search.test_objective import make_study, small_space
@@ -60,13 +59,13 @@ def test_a_study_of_the_same_name_never_touches_the_others_files(tmp_path: Path)
     kept = digests(root)
     assert len(kept) == 3  # the final weights of the 3 best trials
     # A study dies mid-trial: its epoch files stay for the retry to resume from.
-    CheckpointStore(root, study_folder("t", first.user_attrs[UID_ATTR]), 7).save(
+    (folder,) = {p.parent.parent for p in root.rglob("final.pt")}
+    CheckpointStore(root, folder.name, 0).save(
         1, {"model": {"w": torch.zeros(2)}, "arch": {}, "recipe": {}}
     )
     kept = digests(root)
 
     second = make_study(tiny_space(1), seed=1)  # "t" again, another storage
-    assert second.user_attrs[UID_ATTR] != first.user_attrs[UID_ATTR]
     run(second, 5, root)
     after = digests(root)
     assert {k: after.get(k) for k in kept} == kept  # every file of the first, unchanged
@@ -75,6 +74,9 @@ def test_a_study_of_the_same_name_never_touches_the_others_files(tmp_path: Path)
 
 
 def test_a_checkpoint_of_another_architecture_is_refused(tmp_path: Path) -> None:
+    from autosearch.search.tuning.study import UID_ATTR
+    from autosearch.storage.checkpoints import study_folder
+
     root = tmp_path / "ck"
     study = make_study(tiny_space(2))
     other = make_spec([16, 16], [1, 1], stem_width=8)
