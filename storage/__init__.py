@@ -1,4 +1,5 @@
-"""Where things are kept: study storage URLs, the Optuna storage, training checkpoints."""
+"""Where things are kept: study storage URLs and names, the Optuna storage (and a
+read-only view of it), training checkpoints."""
 
 from autosearch.storage.checkpoints import (
     DEFAULT_ROOT,
@@ -17,6 +18,7 @@ from autosearch.storage.optuna_storage import (
     make_storage,
     root_trial_number,
 )
+from autosearch.storage.readonly import ReadOnlyStorage, ReadOnlyStorageError
 from autosearch.storage.urls import (
     DEFAULT_DB_FILE,
     StorageURLError,
@@ -34,6 +36,8 @@ __all__ = [
     "CheckpointError",
     "CheckpointStore",
     "PermanentStorageError",
+    "ReadOnlyStorage",
+    "ReadOnlyStorageError",
     "ResilientRDBStorage",
     "StorageError",
     "StorageURLError",
