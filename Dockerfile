@@ -21,6 +21,13 @@ COPY search search
 COPY storage storage
 RUN pip install --no-deps .
 
+# No root at run time: a flaw in a dependency gets an unprivileged user, not the
+# container. The volume mount points belong to it, so named volumes start writable.
+RUN useradd --create-home --uid 10001 --user-group autosearch \
+    && mkdir -p /work /checkpoints /data \
+    && chown autosearch:autosearch /work /checkpoints /data
+USER autosearch
+
 # Checkpoints and data are volumes; the working folder holds the worker logs.
 WORKDIR /work
 ENTRYPOINT ["autosearch"]

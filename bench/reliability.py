@@ -13,13 +13,15 @@ study and returns a summary line:
   trial completes;
 - corrupt: the worker is killed and its newest checkpoint altered; the retry refuses
   it and resumes from the one before;
-- sqlite: 4 workers on one SQLite file; no "database is locked" failure.
+- sqlite: 4 workers on one SQLite file; no "database is locked" failure;
+- cuts, orphans, restarts: the faults of bench/faults.py (connections cut at chosen
+  moments through a proxy, the launcher killed with SIGKILL, runtime errors restarted).
 
 Usage:
     python bench/reliability.py --pg postgresql+psycopg://postgres@127.0.0.1:5432/postgres \\
         --repeat 3
 
-The tests in tests/search/test_scaleout.py run each scenario once.
+The tests in tests/search/test_scaleout.py and test_faults.py run each scenario once.
 """
 
 from __future__ import annotations
@@ -312,9 +314,14 @@ def _kill_mid_epoch(ws: Workspace, study: str, url: str, *, after_epoch: int, co
     # Opened before the launch: opening a storage while two workers train takes seconds.
     storage = optuna.storages.RDBStorage(url)
     process = launch(args, log)
-    folder = ws.checkpoints / study / "trial-00000"
-    marker = folder / f"epoch-{after_epoch:04d}.pt"
-    wait_for(marker.exists, 120, f"{marker.name} of the first trial")
+    marker = f"epoch-{after_epoch:04d}.pt"
+    # The study's folder is named after the study and its identity: <study>.<uuid>.
+    found = wait_for(
+        lambda: next(ws.checkpoints.glob(f"{study}.*/trial-00000/{marker}"), None),
+        120,
+        f"{marker} of the first trial",
+    )
+    folder = found.parent
     saved = time.monotonic()
     time.sleep(0.3)  # into the next epoch, which takes about a second
     # The objective records "host:pid" of the process that runs the trial.
@@ -421,8 +428,9 @@ def db_restart(url: str, *, workers: int = 2, trials: int = 16) -> str:
         )  # fmt: skip
         log = ws.root / "launcher.log"
         process = launch(args, log)
-        ck = ws.checkpoints / study
-        wait_for(lambda: ck.is_dir() and len(list(ck.rglob("*.pt"))) >= 2, 120, "a checkpoint")
+        wait_for(
+            lambda: len(list(ws.checkpoints.glob(f"{study}.*/*/*.pt"))) >= 2, 120, "a checkpoint"
+        )
         stopped = time.monotonic()
         subprocess.run([*pg_cluster(), "stop"], check=True, capture_output=True)
         time.sleep(2.0)
@@ -472,6 +480,18 @@ def sqlite(*, workers: int = 4, trials: int = 40) -> str:
     )
 
 
+SCENARIOS = (
+    "concurrency",
+    "kill",
+    "db_restart",
+    "corrupt",
+    "sqlite",
+    "cuts",
+    "orphans",
+    "restarts",
+)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -479,22 +499,28 @@ def main() -> None:
         default=os.environ.get("AUTOSEARCH_TEST_PG"),
         help="admin URL of a PostgreSQL server whose user may CREATE DATABASE",
     )
-    parser.add_argument("--repeat", type=int, default=3, help="runs of the concurrency scenario")
     parser.add_argument(
-        "--only", nargs="*", default=None, help="concurrency kill db_restart corrupt sqlite"
+        "--repeat", type=int, default=3, help="runs of the concurrency and cuts scenarios"
     )
+    parser.add_argument("--only", nargs="*", default=None, help=" ".join(SCENARIOS))
     args = parser.parse_args()
     if not args.pg:
         parser.error("--pg or AUTOSEARCH_TEST_PG is required")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    chosen = args.only or ["concurrency", "kill", "db_restart", "corrupt", "sqlite"]
+    chosen = args.only or list(SCENARIOS)
     from autosearch.storage.databases import temporary_database
+
+    from bench import faults
 
     with temporary_database(args.pg, prefix=f"autosearch_bench_{os.getpid()}") as url:
         for name in chosen:
-            runs = args.repeat if name == "concurrency" else 1
+            # The concurrency and cut scenarios are the ones that must hold every time.
+            runs = args.repeat if name in ("concurrency", "cuts") else 1
             for i in range(runs):
-                line = sqlite() if name == "sqlite" else globals()[name](url)
+                if name in ("sqlite", "restarts"):  # SQLite: no server needed
+                    line = sqlite() if name == "sqlite" else faults.restarts()
+                else:
+                    line = (getattr(faults, name, None) or globals()[name])(url)
                 suffix = f" [run {i + 1}/{runs}]" if runs > 1 else ""
                 print(line + suffix, flush=True)
 

@@ -345,8 +345,11 @@ def preempt_one(run_: Run, cluster: LocalSlurm, storage, deadline: float) -> dic
     while time.time() < deadline:
         study = optuna.load_study(study_name=run_.study, storage=storage)
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            folder = run_.checkpoints / run_.study / f"trial-{t.number:05d}"
-            if "worker" not in t.user_attrs or not (folder / "epoch-0001.pt").exists():
+            # The study's folder is named after the study and its identity: <study>.<uuid>.
+            folder = next(run_.checkpoints.glob(f"{run_.study}.*/trial-{t.number:05d}"), None)
+            if folder is None or "worker" not in t.user_attrs:
+                continue
+            if not (folder / "epoch-0001.pt").exists():
                 continue
             if (folder / "epoch-0002.pt").exists():
                 continue  # too late: it might end before the signal lands

@@ -1,4 +1,5 @@
-"""Where things are kept: study storage URLs, the Optuna storage, training checkpoints."""
+"""Where things are kept: study storage URLs and names, the Optuna storage (and a
+read-only view of it), training checkpoints."""
 
 from autosearch.storage.checkpoints import (
     DEFAULT_ROOT,
@@ -7,20 +8,26 @@ from autosearch.storage.checkpoints import (
     prune_finished,
     read_checkpoint,
 )
+from autosearch.storage.names import StudyNameError, check_study_name
 from autosearch.storage.optuna_storage import (
+    PermanentStorageError,
     ResilientRDBStorage,
     StorageError,
+    StorageUnavailableError,
     is_transient,
     make_storage,
     root_trial_number,
 )
+from autosearch.storage.readonly import ReadOnlyStorage, ReadOnlyStorageError
 from autosearch.storage.urls import (
     DEFAULT_DB_FILE,
     StorageURLError,
+    is_memory,
     is_postgres,
     is_sqlite,
     mask_url,
     resolve_url,
+    sqlite_file,
 )
 
 __all__ = [
@@ -28,9 +35,16 @@ __all__ = [
     "DEFAULT_ROOT",
     "CheckpointError",
     "CheckpointStore",
+    "PermanentStorageError",
+    "ReadOnlyStorage",
+    "ReadOnlyStorageError",
     "ResilientRDBStorage",
     "StorageError",
     "StorageURLError",
+    "StorageUnavailableError",
+    "StudyNameError",
+    "check_study_name",
+    "is_memory",
     "is_postgres",
     "is_sqlite",
     "is_transient",
@@ -40,4 +54,5 @@ __all__ = [
     "read_checkpoint",
     "resolve_url",
     "root_trial_number",
+    "sqlite_file",
 ]

@@ -1,9 +1,12 @@
 """Atomic, checksummed training checkpoints, so a dead worker's trial resumes mid-run.
 
-Layout: ``<root>/<study_name>/<key>/epoch-0003.pt`` (the newest `keep` epochs) and, for
-trials whose weights are worth keeping, ``final.pt``. An integer key is a trial number
-(use `storage.optuna_storage.root_trial_number`, so a retry finds its predecessor's
-files) and becomes ``trial-00042``.
+Layout: ``<root>/<study>/<key>/epoch-0003.pt`` (the newest `keep` epochs) and, for
+trials whose weights are worth keeping, ``final.pt``. ``<study>`` is `study_folder`:
+the study's name and its identity, a UUID made when the study was created, so that a
+study of the same name in another storage, or one deleted and made again, never reads,
+nor prunes, this one's files. An integer key is a trial number (use
+`storage.stale.root_trial_number`, so a retry finds its predecessor's files) and
+becomes ``trial-00042``.
 
 Each file is a 16-byte magic, the SHA-256 of the payload, then the payload: a
 `torch.save` of ``{"epoch": int, "state": dict, "torch": version}``. A file is written
@@ -52,6 +55,15 @@ def key_name(key: str | int) -> str:
             raise CheckpointError(f"trial key {key} must be non-negative")
         return f"trial-{key:05d}"
     return _check_name("key", str(key))
+
+
+def study_folder(name: str, identity: str) -> str:
+    """The folder of one study's checkpoints: ``<name>.<identity>``.
+
+    The name is for people; the identity (a UUID stored on the study when it was made)
+    keeps apart studies that share a name across storages or over time.
+    """
+    return f"{_check_name('study name', name)}.{_check_name('study identity', identity)}"
 
 
 def _check_name(what: str, name: str) -> str:
@@ -137,7 +149,7 @@ class CheckpointStore:
 
     Args:
         root: Folder holding every study's checkpoints; None means ``./checkpoints``.
-        study_name: The Optuna study name.
+        study: The study's folder name, `study_folder(name, identity)`.
         key: The trial key: the root trial number, or any safe folder name.
         keep: How many of the newest epoch files to keep (at least 1).
 
@@ -150,7 +162,7 @@ class CheckpointStore:
     def __init__(
         self,
         root: str | Path | None,
-        study_name: str,
+        study: str,
         key: str | int,
         *,
         keep: int = 2,
@@ -158,10 +170,10 @@ class CheckpointStore:
         if keep < 1:
             raise CheckpointError(f"keep={keep} must be at least 1")
         self.root = Path(DEFAULT_ROOT if root is None else root)
-        self.study_name = _check_name("study name", study_name)
+        self.study = _check_name("study folder", study)
         self.key = key
         self.keep = keep
-        self.folder = self.root / self.study_name / key_name(key)
+        self.folder = self.root / self.study / key_name(key)
         # Files the last `load_latest` refused, with the reason: a caller records them.
         self.skipped: list[str] = []
 
@@ -279,12 +291,15 @@ class CheckpointStore:
                 p.unlink(missing_ok=True)
 
 
-def prune_finished(root: str | Path, study_name: str, keep_keys: set[str | int]) -> list[Path]:
+def prune_finished(root: str | Path, study: str, keep_keys: set[str | int]) -> list[Path]:
     """Delete the checkpoint folders of a study's trials whose keys are not in `keep_keys`.
+
+    Only ``<root>/<study>`` is looked at: another study's files, of the same name or
+    not, are never touched.
 
     Args:
         root: Folder holding every study's checkpoints.
-        study_name: The study whose trial folders to prune.
+        study: The study's folder name (`study_folder`) whose trial folders to prune.
         keep_keys: Keys (trial numbers or names) whose folders stay.
 
     Returns:
@@ -293,12 +308,12 @@ def prune_finished(root: str | Path, study_name: str, keep_keys: set[str | int])
     Note:
         Include the keys of running trials, or their checkpoints go too.
     """
-    study = Path(root) / _check_name("study name", study_name)
-    if not study.is_dir():
+    own = Path(root) / _check_name("study folder", study)
+    if not own.is_dir():
         return []
     keep = {key_name(k) for k in keep_keys}
     removed = []
-    for folder in sorted(study.iterdir()):
+    for folder in sorted(own.iterdir()):
         if folder.is_dir() and folder.name not in keep:
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
@@ -307,7 +322,7 @@ def prune_finished(root: str | Path, study_name: str, keep_keys: set[str | int])
 
 def keep_best(
     root: str | Path,
-    study_name: str,
+    study: str,
     *,
     live: set[int],
     finished: list[tuple[float, int]],
@@ -320,4 +335,4 @@ def keep_best(
     of the study. Returns the folders removed.
     """
     best = {key for _, key in sorted(finished, reverse=True)[:keep]}
-    return prune_finished(root, study_name, live | best)
+    return prune_finished(root, study, live | best)

@@ -1,15 +1,12 @@
 """Optuna `RDBStorage` set up for many workers: WAL SQLite or bounded PostgreSQL pools.
 
-Workers that die mid-trial are caught by Optuna's heartbeat: a trial whose heartbeat is
-older than the grace period is failed by the next worker that starts a trial, and
-`RetryHeartbeatStaleTrialCallback` queues a copy with the same parameters and user
-attributes. `root_trial_number` maps every copy back to the first trial of its chain,
-which is the key under which `storage.checkpoints` keeps that trial's epochs.
+Calls ride out database outages (`storage.retries` says which failures are worth
+another try), claims of queued trials are atomic and carry their first heartbeat, and
+dead workers' trials are found and queued again (`storage.stale`).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 import warnings
@@ -17,14 +14,29 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import optuna
-from autosearch.storage.urls import is_grpc, is_postgres, is_sqlite, mask_url, resolve_url
+from autosearch.storage.retries import (
+    PermanentStorageError,
+    StorageError,
+    StorageUnavailableError,
+    database_error,
+    is_transient,
+    reason,
+)
+from autosearch.storage.stale import retry_callback, root_trial_number
+from autosearch.storage.trial_writes import UNSETTLED, RepeatableWrites
+from autosearch.storage.urls import (
+    is_grpc,
+    is_postgres,
+    is_sqlite,
+    mask_url,
+    resolve_url,
+    sqlite_file,
+)
 from optuna.exceptions import ExperimentalWarning
-from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.trial import FrozenTrial
+from optuna.storages import BaseStorage, RDBStorage
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 SQLITE_BUSY_TIMEOUT_S = 60  # how long a writer waits for the file lock before failing
 PG_MAX_OVERFLOW = 1  # connections a worker may open beyond `pool_size` under a burst
@@ -37,14 +49,15 @@ _BACKOFF_FIRST_S, _BACKOFF_MAX_S = 0.25, 5.0  # doubling waits between retries
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-
-class StorageError(RuntimeError):
-    """The study storage cannot be opened. The message names the URL, password masked."""
-
-
-def _sqlite_is_memory(url: str) -> bool:
-    parsed = make_url(url)
-    return parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory"
+__all__ = [
+    "PermanentStorageError",
+    "ResilientRDBStorage",
+    "StorageError",
+    "StorageUnavailableError",
+    "is_transient",
+    "make_storage",
+    "root_trial_number",
+]
 
 
 def _engine_kwargs(url: str, pool_size: int) -> dict[str, Any]:
@@ -104,80 +117,81 @@ def _use_wal(engine: Engine) -> None:
     engine.dispose()
 
 
-def _reason(error: BaseException, password: str | None) -> str:
-    # SQLAlchemy wraps the driver error and appends the SQL and a help link; the driver's
-    # own first line says what went wrong (unknown host, missing database, bad login).
-    reason = str(getattr(error, "orig", None) or error).strip().splitlines()
-    text = reason[0] if reason else type(error).__name__
-    if password:
-        text = text.replace(password, "***")
-    return text
-
-
-def is_transient(error: BaseException) -> bool:
-    """Whether `error` (or what it wraps) is a lost or refused connection or a lock wait
-    that ran out: failures that a later attempt of the same call can get past."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, (OperationalError, InterfaceError)):
-            return True
-        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
 def _retrying(method: Callable[..., _T]) -> Callable[..., _T]:
-    @functools.wraps(method)
     def call(self: ResilientRDBStorage, *args: Any, **kwargs: Any) -> _T:
-        give_up = time.monotonic() + self.db_retry_s
-        wait = _BACKOFF_FIRST_S
-        failures = 0
-        while True:
-            try:
-                result = method(self, *args, **kwargs)
-            except Exception as e:
-                if not is_transient(e) or time.monotonic() + wait > give_up:
-                    raise
-                failures += 1
-                if failures == 1:
-                    log.warning(
-                        "storage call %s failed (%s); retrying for up to %.0f s",
-                        method.__name__,
-                        _reason(e, getattr(self, "_password", None)),
-                        self.db_retry_s,
-                    )
-                time.sleep(wait)
-                wait = min(2 * wait, _BACKOFF_MAX_S)
-                continue
-            if failures:
-                log.warning("storage call %s succeeded after %d retries", method.__name__, failures)
-            return result
+        return self._retry(method.__name__, lambda: method(self, *args, **kwargs))
 
+    call.__name__ = method.__name__
+    call.__doc__ = method.__doc__
     return call
 
 
-class ResilientRDBStorage(RDBStorage):
+class ResilientRDBStorage(RepeatableWrites, RDBStorage):
     """`RDBStorage` whose calls survive a database restart or a busy SQLite file.
 
     Each call that fails with a lost connection, a refused connection or a lock timeout
     is run again, with waits doubling from 0.25 s to 5 s, for up to `db_retry_s`
-    seconds; the pool's pre-ping replaces the dead connections. Only the innermost
-    methods (those that `optuna.storages._CachedStorage` calls) retry, so one failure
-    is never retried twice over. The heartbeat is not retried: the heartbeat thread
-    writes again one interval later anyway.
+    seconds; the pool's pre-ping replaces the dead connections. A permanent failure (a
+    read-only file, a refused login, a missing table) raises `PermanentStorageError` at
+    once, and an outage longer than the window `StorageUnavailableError`; both name
+    the database's own reason. Only the innermost methods (those that
+    `optuna.storages._CachedStorage` calls) retry, so one failure is never retried twice
+    over. The heartbeat is not retried: the heartbeat thread writes again one interval
+    later anyway.
 
-    A write whose commit reached the server but whose reply was lost is run twice.
-    For the state change that claims a trial, the second run finds the trial RUNNING
-    and reports the claim as lost, so the trial stays RUNNING with no heartbeat and is
-    never failed as stale; this needs the connection to drop in the instant between
-    commit and reply, and is left as a known, rare gap.
+    A write whose commit reached the server but whose reply was lost is run again. The
+    writes that matter are safe to repeat (`storage.trial_writes`): claims, created
+    trials and dead trials failed carry a token and find their own earlier commit;
+    ending a trial finds it already ended as asked; intermediate values, attributes and
+    heartbeats overwrite themselves.
     """
 
     def __init__(self, *args: Any, db_retry_s: float = DB_RETRY_S, **kwargs: Any) -> None:
         self.db_retry_s = db_retry_s
         super().__init__(*args, **kwargs)
         self._password = make_url(self.url).password
+
+    def _retry(
+        self, name: str, call: Callable[[], _T], settle: Callable[[], Any] | None = None
+    ) -> _T:
+        """Run `call`, again on transient failures. Before each repeat, `settle()` may
+        find that the failed attempt took effect after all and return its result (else
+        `UNSETTLED`)."""
+        give_up = time.monotonic() + self.db_retry_s
+        wait, failures = _BACKOFF_FIRST_S, 0
+        while True:
+            try:
+                settled = settle() if failures and settle is not None else UNSETTLED
+                result = call() if settled is UNSETTLED else settled
+            except Exception as e:
+                if database_error(e) is None:
+                    raise  # Optuna's own answer: no such study, a finished trial, ...
+                why = reason(e, self._password)
+                where = mask_url(self.url)
+                if not is_transient(e):
+                    raise PermanentStorageError(
+                        f"the study storage at {where} refused {name}: {why}"
+                    ) from None
+                if time.monotonic() + wait > give_up:
+                    raise StorageUnavailableError(
+                        f"the study storage at {where} failed {name} for "
+                        f"{self.db_retry_s:.0f} s: {why}"
+                    ) from None
+                failures += 1
+                if failures == 1:
+                    log.warning(
+                        "storage call %s failed (%s); retrying for up to %.0f s",
+                        name,
+                        why,
+                        self.db_retry_s,
+                    )
+                time.sleep(wait)
+                wait = min(2 * wait, _BACKOFF_MAX_S)
+                continue
+            if failures:
+                how = "found its first attempt done" if settled is not UNSETTLED else "succeeded"
+                log.warning("storage call %s %s after %d retries", name, how, failures)
+            return result
 
     # Leaf methods only: the public wrappers around them (create_new_trial,
     # get_all_trials, set_trial_param, get_best_trial) call these.
@@ -193,10 +207,8 @@ class ResilientRDBStorage(RDBStorage):
     get_trial_user_attrs = _retrying(RDBStorage.get_trial_user_attrs)
     get_trial_system_attrs = _retrying(RDBStorage.get_trial_system_attrs)
     get_all_studies = _retrying(RDBStorage.get_all_studies)
-    _create_new_trial = _retrying(RDBStorage._create_new_trial)
     _set_trial_param = _retrying(RDBStorage._set_trial_param)
     get_trial_param = _retrying(RDBStorage.get_trial_param)
-    set_trial_state_values = _retrying(RDBStorage.set_trial_state_values)
     set_trial_intermediate_value = _retrying(RDBStorage.set_trial_intermediate_value)
     set_trial_user_attr = _retrying(RDBStorage.set_trial_user_attr)
     set_trial_system_attr = _retrying(RDBStorage.set_trial_system_attr)
@@ -206,7 +218,6 @@ class ResilientRDBStorage(RDBStorage):
     get_trial = _retrying(RDBStorage.get_trial)
     _get_trials = _retrying(RDBStorage._get_trials)
     _get_best_trial_id = _retrying(RDBStorage._get_best_trial_id)
-    _get_stale_trial_ids = _retrying(RDBStorage._get_stale_trial_ids)
 
 
 def make_storage(
@@ -217,11 +228,12 @@ def make_storage(
     max_retry: int | None = 1,
     pool_size: int = 2,
     db_retry_s: float = DB_RETRY_S,
+    create: bool = True,
 ) -> BaseStorage:
-    """Open (creating tables if needed) the Optuna storage at `url`.
+    """Open the Optuna storage at `url`, creating its tables (and SQLite file) if asked.
 
     SQLite gets a busy timeout of `SQLITE_BUSY_TIMEOUT_S` and WAL journaling on every
-    connection, and its folder is created. PostgreSQL gets a bounded pool. A worker
+    connection; with `create` its folder and file are made. PostgreSQL gets a bounded pool. A worker
     process uses at most ``pool_size + PG_MAX_OVERFLOW`` connections: Optuna keeps one
     session per thread, and a worker has two threads that touch the database (the
     trial loop and the heartbeat), so the default ``2 + 1 = 3`` leaves one spare. N
@@ -242,6 +254,8 @@ def make_storage(
         pool_size: Persistent PostgreSQL connections per worker process.
         db_retry_s: How long a storage call retries through lost connections and lock
             timeouts (a database restart) before it raises; 0 disables retrying.
+        create: Make the SQLite file and the tables when missing. Commands that only read
+            or join a study pass False: a mistyped path is then an error, not a new file.
 
     Returns:
         A `ResilientRDBStorage`, ready for `optuna.create_study(storage=...)`; for a
@@ -261,10 +275,11 @@ def make_storage(
     _check_settings(heartbeat_interval, grace_period, pool_size, db_retry_s)
     if is_grpc(resolved):
         return _connect_proxy(resolved, heartbeat_interval, grace_period, max_retry, db_retry_s)
-    wal = is_sqlite(resolved) and not _sqlite_is_memory(resolved)
+    path = sqlite_file(resolved) if is_sqlite(resolved) else None
+    _check_sqlite_file(resolved, path, create)
     try:
-        if wal:
-            Path(make_url(resolved).database).parent.mkdir(parents=True, exist_ok=True)
+        if path is not None and create:
+            path.parent.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():
             # Heartbeats are an experimental Optuna feature that we choose knowingly.
             warnings.simplefilter("ignore", ExperimentalWarning)
@@ -274,15 +289,18 @@ def make_storage(
                 engine_kwargs=_engine_kwargs(resolved, pool_size),
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period if heartbeat_interval is not None else None,
-                heartbeat_stale_trial_callback=_retry_callback(heartbeat_interval, max_retry),
+                heartbeat_stale_trial_callback=retry_callback(heartbeat_interval, max_retry),
+                skip_table_creation=not create,
             )
-    except (SQLAlchemyError, ImportError, OSError) as e:
+    except (SQLAlchemyError, ImportError, OSError, RuntimeError) as e:
+        # RuntimeError: Optuna's schema check (tables of another Optuna version).
         # `from None`: the chained driver exception may carry connection parameters.
-        raise StorageError(
+        kind = StorageError if is_transient(e) else PermanentStorageError
+        raise kind(
             f"cannot open the study storage at {mask_url(resolved)}: "
-            f"{_reason(e, make_url(resolved).password)}"
+            f"{reason(e, make_url(resolved).password)}"
         ) from None
-    if wal:
+    if path is not None:
         _use_wal(storage.engine)
     return storage
 
@@ -297,7 +315,7 @@ def _connect_proxy(
     try:
         from autosearch.storage.proxy import connect_proxy
     except ImportError as e:
-        raise StorageError(
+        raise PermanentStorageError(
             f"{url} is a storage proxy, which needs grpcio ({e.msg}): "
             "pip install 'autosearch[grpc]'"
         ) from None
@@ -305,7 +323,7 @@ def _connect_proxy(
         url,
         heartbeat_interval=heartbeat_interval,
         grace_period=grace_period if heartbeat_interval is not None else None,
-        stale_callback=_retry_callback(heartbeat_interval, max_retry),
+        stale_callback=retry_callback(heartbeat_interval, max_retry),
         # The proxy retries a database outage for its own db_retry_s; outwait it.
         wait_s=2 * db_retry_s,
     )
@@ -318,6 +336,16 @@ def close_storage(storage: BaseStorage) -> None:
         storage.engine.dispose()
     elif hasattr(storage, "close"):
         storage.close()
+
+
+def _check_sqlite_file(url: str, path: Path | None, create: bool) -> None:
+    if path is None or create:
+        return
+    if not path.is_file():
+        raise PermanentStorageError(
+            f"no study storage at {mask_url(url)}: {path} does not exist (check the path; "
+            "`autosearch start` creates it)"
+        )
 
 
 def _check_settings(
@@ -333,52 +361,3 @@ def _check_settings(
         raise ValueError(f"pool_size={pool_size} must be at least 1")
     if db_retry_s < 0:
         raise ValueError(f"db_retry_s={db_retry_s} must be non-negative")
-
-
-def _retry_callback(
-    heartbeat_interval: int | None, max_retry: int | None
-) -> RetryHeartbeatStaleTrialCallback | None:
-    """Queues a dead worker's trial again, or None when heartbeats or retries are off."""
-    if heartbeat_interval is None or max_retry is None:
-        return None
-    # inherit_intermediate_values=True: the retry resumes from the dead trial's last
-    # complete checkpoint (epoch k) and reports only epochs after k, so the inherited
-    # values for epochs <= k plus the new ones form one curve without gaps for the
-    # pruner. The trainer should report an epoch after its checkpoint is written; if
-    # it reports first and dies before the write, that epoch is trained again and
-    # Optuna ignores (with a warning) the second report of a step, so no duplicates.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ExperimentalWarning)
-        return RetryHeartbeatStaleTrialCallback(
-            max_retry=max_retry, inherit_intermediate_values=True
-        )
-
-
-def root_trial_number(trial: optuna.trial.BaseTrial | FrozenTrial) -> int:
-    """The number of the first trial in `trial`'s retry chain, or its own if not a retry.
-
-    A retried trial gets a new number; keying checkpoints by this root number lets the
-    retry find the epochs its dead predecessor saved.
-
-    Args:
-        trial: A live `optuna.trial.Trial`, a `FrozenTrial`, or a `FixedTrial` (which
-            is never a retry).
-
-    Returns:
-        The trial number that started the chain.
-    """
-    if isinstance(trial, optuna.trial.Trial):
-        # A live trial exposes no system attributes; the storage holds them, copied onto
-        # the retry by the callback when it was queued.
-        frozen = trial.study._storage.get_trial(trial._trial_id)
-    elif isinstance(trial, FrozenTrial):
-        frozen = trial
-    else:
-        return trial.number
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ExperimentalWarning)
-        first = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
-        history = RetryHeartbeatStaleTrialCallback.retry_history(frozen)
-    if first is not None:
-        return first
-    return history[0] if history else frozen.number

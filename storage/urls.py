@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from urllib.parse import unquote
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
@@ -32,8 +33,10 @@ _PG_DRIVER_SCHEME = "postgresql+psycopg://"
 GRPC_SCHEME = "grpc://"
 _QUERY_SECRETS = frozenset({"password", "passwd", "pwd"})
 _MASK = "***"
-# Fallback for strings SQLAlchemy cannot parse: `scheme://user:secret@host` -> `user:***@`.
-_USERINFO_SECRET = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+# `scheme://user:secret@host` -> `user:***@`. Greedy up to the last `@` before the query:
+# a raw `@` inside the password would otherwise leave its tail in view, since SQLAlchemy
+# ends the password at the first `@` and reads the rest as the host.
+_USERINFO_SECRET = re.compile(r"^([^:/?#]*://[^:/@\s]*:)[^?]*@")
 
 
 class StorageURLError(ValueError):
@@ -56,13 +59,16 @@ def mask_url(url: str | URL) -> str:
         >>> mask_url("postgresql+psycopg://bob:s3cret@db:5432/autosearch")
         'postgresql+psycopg://bob:***@db:5432/autosearch'
     """
+    text = url.render_as_string(hide_password=False) if isinstance(url, URL) else str(url)
+    text = _USERINFO_SECRET.sub(rf"\1{_MASK}@", text, count=1)
     try:
-        parsed = make_url(url)
+        parsed = make_url(text)
     except (ArgumentError, ValueError, TypeError):
-        return _USERINFO_SECRET.sub(rf"\1{_MASK}@", str(url))
+        return text
     secret_keys = [k for k in parsed.query if k.lower() in _QUERY_SECRETS]
-    if secret_keys:
-        parsed = parsed.update_query_dict({k: _MASK for k in secret_keys})
+    if not secret_keys:
+        return text  # as given: rendering would percent-encode, e.g. `:memory:`
+    parsed = parsed.update_query_dict({k: _MASK for k in secret_keys})
     # The query masks are percent-encoded on rendering; show them as plain asterisks.
     return parsed.render_as_string(hide_password=True).replace("%2A%2A%2A", _MASK)
 
@@ -124,6 +130,11 @@ def resolve_url(url: str | None = None) -> str:
         if value.startswith(scheme):
             value = _PG_DRIVER_SCHEME + value[len(scheme) :]
             break
+    if _raw_at_in_password(value):
+        raise StorageURLError(
+            f"the password in {mask_url(value)!r} holds a raw '@': write it as %40, so that "
+            "the host is not read from the password's tail"
+        )
     try:
         # Loading the dialect catches typos such as `sqllite:///` here, not at connect time.
         make_url(value).get_dialect()
@@ -164,6 +175,33 @@ def proxy_address(url: str) -> tuple[str, int]:
 def is_grpc(url: str | None) -> bool:
     """Whether `url` (or, when None, the URL it resolves to) names a storage proxy."""
     return resolve_url(url).startswith(GRPC_SCHEME)
+
+
+def _raw_at_in_password(value: str) -> bool:
+    found = _USERINFO_SECRET.match(value)
+    return found is not None and "@" in found.group(0)[len(found.group(1)) : -1]
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names, or None for an in-memory database.
+
+    Understands the URI form (``sqlite:///file:/path/a.db?mode=ro&uri=true``), whose
+    database part is not a path: its ``file:`` prefix and options are stripped.
+    """
+    parsed = make_url(resolve_url(url))
+    database = parsed.database or ""
+    if parsed.query.get("uri") in ("true", "1") or database.startswith("file:"):
+        database = unquote(database.removeprefix("file:").split("?", 1)[0])
+        if database.startswith("//"):  # file://host/path: only the local host is meant
+            database = "/" + database[2:].split("/", 1)[-1]
+    if database in ("", ":memory:") or parsed.query.get("mode") == "memory":
+        return None
+    return Path(database)
+
+
+def is_memory(url: str) -> bool:
+    """Whether `url` names an in-memory SQLite database, which only one process sees."""
+    return is_sqlite(url) and sqlite_file(url) is None
 
 
 def _backend(url: str) -> str:

@@ -6,7 +6,9 @@ code it calls inside its body, so `autosearch --help` starts fast.
 
 from __future__ import annotations
 
-from typing import Annotated, NoReturn
+import functools
+from collections.abc import Callable
+from typing import Annotated, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -23,8 +25,10 @@ app = typer.Typer(
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True)
 
-EXIT_BAD_INPUT = 2
+EXIT_BAD_INPUT = 2  # a bad flag, value or setting: running it again fails the same way
 EXIT_OVER_BUDGET = 3
+EXIT_RUNTIME = 4  # it broke while running (data, database, a bug): a retry may work
+_F = TypeVar("_F", bound=Callable)
 
 
 def _show_version(value: bool) -> None:
@@ -51,6 +55,34 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     """Print one error line and exit; never a traceback."""
     err_console.print(f"error: {message}", highlight=False, markup=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def storage_errors(command: _F) -> _F:
+    """One line, never a traceback, when the study storage fails under a command: exit 2
+    for a permanent failure (read-only, refused login, missing tables), 4 for an outage
+    that outlasted the retries."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        from autosearch.storage.retries import PermanentStorageError, StorageError
+
+        try:
+            return command(*args, **kwargs)
+        except StorageError as e:
+            permanent = isinstance(e, PermanentStorageError)
+            fail(str(e), EXIT_BAD_INPUT if permanent else EXIT_RUNTIME)
+
+    return run  # type: ignore[return-value]
+
+
+def check_name(study: str) -> str:
+    """The study name, or a one-line exit 2 naming it (see storage.names)."""
+    from autosearch.storage.names import StudyNameError, check_study_name
+
+    try:
+        return check_study_name(study)
+    except StudyNameError as e:
+        fail(str(e))
 
 
 def say(text: str) -> None:

@@ -7,16 +7,20 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from autosearch.models import DEFAULT_MAX_PARAMS
 from autosearch.search.cli.app import (
     DataDirOpt,
     DeviceOpt,
     JsonOpt,
+    MaxParamsOpt,
     StorageOpt,
     StudyOpt,
     app,
+    check_name,
     console,
     err_console,
     fail,
+    storage_errors,
 )
 
 DASHBOARD_HINT = "pip install 'autosearch[dashboard]'"
@@ -24,29 +28,38 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def _read_only(url: str | None, study: str | None = None):
-    """(url, storage, study): reading results needs no heartbeats and must never retry
-    somebody's trial."""
+    """(url, storage, study): reading results needs no heartbeats, must never retry
+    somebody's trial, and never creates a storage (a mistyped path is an error)."""
     from autosearch.search.tuning.session import open_storage
     from autosearch.search.tuning.study import StudyError, load_existing
 
+    if study is not None:
+        check_name(study)
     try:
-        resolved, rdb = open_storage(url, heartbeat_interval=None, max_retry=None)
+        resolved, rdb = open_storage(url, heartbeat_interval=None, max_retry=None, create=False)
         return resolved, rdb, load_existing(study, rdb) if study is not None else None
     except StudyError as e:
         fail(str(e))
 
 
 @app.command()
+@storage_errors
 def dashboard(
     storage: StorageOpt = None,
     port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8080,
     host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 opens it up.")] = "127.0.0.1",
 ) -> None:
-    """Serve optuna-dashboard on the study storage (localhost only by default)."""
+    """Serve optuna-dashboard on the study storage, read-only (localhost by default).
+
+    The storage URL comes from --storage or $AUTOSEARCH_STORAGE: set the variable to
+    keep a password off the command line. Every write the dashboard tries (deleting or
+    renaming a study, notes, telling a trial) is refused.
+    """
     try:
         import optuna_dashboard
     except ImportError:
         fail(f"optuna-dashboard is not installed; install it with: {DASHBOARD_HINT}")
+    from autosearch.storage.readonly import ReadOnlyStorage
     from autosearch.storage.urls import mask_url
 
     url, rdb, _ = _read_only(storage)
@@ -61,7 +74,7 @@ def dashboard(
         soft_wrap=True,
     )
     try:
-        optuna_dashboard.run_server(rdb, host=host, port=port)
+        optuna_dashboard.run_server(ReadOnlyStorage(rdb), host=host, port=port)
     except OSError as e:
         fail(f"cannot serve on {host}:{port}: {e.strerror or e}")
     except KeyboardInterrupt:
@@ -69,6 +82,7 @@ def dashboard(
 
 
 @app.command()
+@storage_errors
 def report(
     study: StudyOpt,
     out: Annotated[Path, typer.Option(help="HTML file to write.")] = Path("report.html"),
@@ -88,6 +102,7 @@ def report(
 
 
 @app.command()
+@storage_errors
 def export(
     study: StudyOpt,
     out: Annotated[Path, typer.Option(help="Export folder.")],
@@ -173,16 +188,18 @@ def evaluate_command(
     folder: Annotated[Path, typer.Argument(help="Export folder.")],
     data_dir: DataDirOpt = None,
     device: DeviceOpt = "auto",
+    max_params: MaxParamsOpt = DEFAULT_MAX_PARAMS,
     as_json: JsonOpt = False,
 ) -> None:
     """Rebuild an exported model, check it and measure its test accuracy again.
 
-    Exits 1 when the accuracy differs from the recorded one.
+    The architecture must be within --max-params (this command's budget, not the one
+    model.json claims). Exits 1 when the accuracy differs from the recorded one.
     """
     from autosearch.search.results.exported import ExportError, evaluate_export
 
     try:
-        result = evaluate_export(folder, data_dir=data_dir, device=device)
+        result = evaluate_export(folder, data_dir=data_dir, device=device, max_params=max_params)
     except (ExportError, ValueError, FileNotFoundError) as e:
         fail(str(e))
     if as_json:

@@ -4,23 +4,36 @@ from __future__ import annotations
 
 import json
 
-from autosearch.search.cli.app import JsonOpt, StorageOpt, StudyOpt, app, console, fail
+from autosearch.search.cli.app import (
+    JsonOpt,
+    StorageOpt,
+    StudyOpt,
+    app,
+    check_name,
+    console,
+    fail,
+    storage_errors,
+)
 from rich.table import Table
 
 
 def _open(storage: str | None, study: str | None = None):
-    """The read-only storage (no heartbeats, no retries of anybody's trial) and study."""
+    """The storage for reading (no heartbeats, no retries of anybody's trial; a missing
+    SQLite file is an error, not a new file) and the study."""
     from autosearch.search.tuning.session import open_storage
     from autosearch.search.tuning.study import StudyError, load_existing
 
+    if study is not None:
+        check_name(study)
     try:
-        _, rdb = open_storage(storage, heartbeat_interval=None, max_retry=None)
+        _, rdb = open_storage(storage, heartbeat_interval=None, max_retry=None, create=False)
         return rdb, load_existing(study, rdb) if study is not None else None
     except StudyError as e:
         fail(str(e))
 
 
 @app.command()
+@storage_errors
 def studies(storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
     """List the studies in a storage."""
     import optuna
@@ -54,6 +67,7 @@ STATES = ("complete", "pruned", "infeasible", "failed", "running", "waiting")
 
 
 @app.command()
+@storage_errors
 def status(study: StudyOpt, storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
     """Count a study's trials by state and show the top 5."""
     from autosearch.search.cli.views import short_arch
@@ -61,14 +75,13 @@ def status(study: StudyOpt, storage: StorageOpt = None, as_json: JsonOpt = False
 
     _, s = _open(storage, study)
     counts = count_outcomes(s)
+    # Dead trials queued again are counted by their retry; parked ones wait for a later run.
+    shown = [*STATES, *(k for k in ("retried", "parked") if counts[k])]
     if as_json:
         top = [trial_summary(t) for t in top_trials(s, 5)]
-        print(json.dumps({"study": study, "counts": {k: counts[k] for k in STATES}, "top": top}))
+        print(json.dumps({"study": study, "counts": {k: counts[k] for k in shown}, "top": top}))
         return
-    console.print(
-        "  ".join(f"{k} {counts[k]}" for k in STATES),
-        highlight=False,
-    )
+    console.print("  ".join(f"{k} {counts[k]}" for k in shown), highlight=False)
     table = Table("#", "val acc", "params", "epochs", "arch (widths x repeats)", "optimizer")
     for t in top_trials(s, 5):
         a = t.user_attrs
@@ -84,6 +97,7 @@ def status(study: StudyOpt, storage: StorageOpt = None, as_json: JsonOpt = False
 
 
 @app.command()
+@storage_errors
 def best(study: StudyOpt, storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
     """Print the best trial's architecture, recipe, accuracy and parameter count."""
     from autosearch.search.cli.views import print_best

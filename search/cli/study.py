@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from autosearch.models import DEFAULT_MAX_PARAMS
 from autosearch.search.cli.app import (
+    EXIT_RUNTIME,
     DataDirOpt,
     DeviceOpt,
     MaxParamsOpt,
@@ -75,16 +76,19 @@ def _report(outcome) -> None:
 
 
 def _run(call, request, *, worker: bool):
+    """Run a session; a refusal exits 2 (a launcher gives such a worker up), a failure
+    while running exits 4 (a launcher restarts it), both with one line."""
     from autosearch.search.cli.views import TrialLines
     from autosearch.search.tuning.study import StudyError
+    from autosearch.storage.retries import PermanentStorageError
 
     _quiet_logs(worker)
     try:
         return call(request, say=say, console=console, on_trial_end=TrialLines())
-    except StudyError as e:
+    except (StudyError, PermanentStorageError) as e:
         fail(str(e))
-    except Exception as e:  # data not found and the like: one line, no traceback
-        fail(f"{type(e).__name__}: {e}")
+    except Exception as e:  # the data went away, the database stayed down, a bug
+        fail(f"{type(e).__name__}: {e}", EXIT_RUNTIME)
 
 
 @app.command()
@@ -93,7 +97,9 @@ def start(
     preset: Annotated[str | None, typer.Option(help="Space preset if not the study name.")] = None,
     space: Annotated[str | None, typer.Option("--space", help="TOML search space file.")] = None,
     trials: Annotated[int, typer.Option(help="Trials to run in this call.", min=0)] = 20,
-    timeout: Annotated[float | None, typer.Option(help="Stop starting trials after SEC.")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Start no trial after SEC seconds (> 0; none if left out).")
+    ] = None,
     epochs: Annotated[
         int | None, typer.Option(help="Epochs per trial (pins the space).", min=1)
     ] = None,

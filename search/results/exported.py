@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from autosearch.models import ArchSpec, SpecError, build_model
+from autosearch.models import DEFAULT_MAX_PARAMS, ArchSpec, SpecError, build_model
 from autosearch.models import count_params as spec_params
 from autosearch.search.training.data import CifarData, prepare_data
 from autosearch.search.training.device import memory_format, resolve_device
 from autosearch.search.training.evaluation import evaluate
 from autosearch.search.training.recipe import TrainRecipe
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
@@ -85,20 +85,33 @@ def read_info(folder: str | Path) -> dict[str, Any]:
         info = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ExportError(f"{path} does not exist; is {folder} an export folder?") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ExportError(f"{path} is not valid JSON: {e}") from None
+    except OSError as e:
+        raise ExportError(f"{path} cannot be read: {e.strerror or e}") from None
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise ExportError(f"{path} is not an autosearch export ({FORMAT})")
     return info
 
 
+def _weights_bound(params: int) -> int:
+    """The most bytes a weights file of `params` float32 parameters may take: the
+    parameters, as many again for buffers (batch-norm statistics are far fewer), and
+    1 MiB for the header and metadata. A bigger file is refused before it is read."""
+    return 8 * params + (1 << 20)
+
+
 def load_weights(path: Path, spec: ArchSpec, params: int) -> nn.Module:
     """The model of `spec` with the weights of `path`, refusing any mismatch."""
-    with safe_open(str(path), framework="pt") as f:
-        stored = (f.metadata() or {}).get("arch")
-    if stored is None or json.loads(stored) != spec.to_dict():
-        raise ExportError(f"{path.name} was saved for another architecture than model.json's")
-    state = load_file(str(path))
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            stored = (f.metadata() or {}).get("arch")
+        if stored is None or json.loads(stored) != spec.to_dict():
+            raise ExportError(f"{path.name} was saved for another architecture than model.json's")
+        state = load_file(str(path))
+    except (SafetensorError, json.JSONDecodeError, OSError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ExportError(f"{path.name} is not a readable safetensors file: {first}") from None
     model = build_model(spec)
     in_file = sum(state[k].numel() for k, _ in model.named_parameters() if k in state)
     if in_file != params:
@@ -111,53 +124,100 @@ def load_weights(path: Path, spec: ArchSpec, params: int) -> nn.Module:
     return model.eval()
 
 
-def load_export(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The checked model (CPU, eval mode) and model.json of an export folder.
-
-    Refuses, with `ExportError`, a folder whose spec, parameter count, budget or weights
-    file disagree.
-    """
-    folder = Path(folder)
-    info = read_info(folder)
+def _checked_spec(folder: Path, info: dict[str, Any], max_params: int) -> tuple[ArchSpec, int]:
+    """The spec and its count, checked against model.json's count and against the
+    caller's budget, by arithmetic: nothing is built yet."""
     try:
         spec = ArchSpec.from_dict(info["arch"])
         params = int(info["params"])
-    except (KeyError, TypeError, SpecError) as e:
-        raise ExportError(f"{folder / INFO} has no valid arch: {e}") from None
+    except (KeyError, TypeError, ValueError, SpecError) as e:
+        raise ExportError(f"{folder / INFO} has no valid arch and params: {e}") from None
     counted = spec_params(spec)
     if counted != params:
         raise ExportError(f"model.json says {params:,} parameters but its arch has {counted:,}")
-    if params > int(info.get("max_params", params)):
-        raise ExportError(f"{params:,} parameters exceed the budget {info['max_params']:,}")
+    if counted > max_params:
+        # The caller's budget, not the file's: an edited max_params proves nothing.
+        raise ExportError(f"its arch has {counted:,} parameters, over the budget {max_params:,}")
+    return spec, counted
+
+
+def load_export(
+    folder: str | Path, *, max_params: int = DEFAULT_MAX_PARAMS
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The checked model (CPU, eval mode) and model.json of an export folder.
+
+    Before anything is built or read beyond model.json: the spec's exact count must
+    equal model.json's and lie within `max_params` (the caller's budget), and the
+    weights file must be present, of a plausible size and of the sha256 recorded in
+    model.json. Refuses any mismatch with a one-line `ExportError`.
+    """
+    folder = Path(folder)
+    info = read_info(folder)
+    spec, params = _checked_spec(folder, info, max_params)
     weights = folder / WEIGHTS
-    if not weights.exists():
+    if not weights.is_file():
         raise ExportError(f"{weights} does not exist")
-    if info.get("weights_sha256") not in (None, sha256_of(weights)):
+    expected = info.get("weights_sha256")
+    if not isinstance(expected, str) or len(expected) != 64:
+        raise ExportError(
+            f"{folder / INFO} records no weights_sha256; the weights cannot be checked"
+        )
+    size = weights.stat().st_size
+    if size > _weights_bound(params):
+        raise ExportError(f"{weights} is {size:,} bytes, too big for {params:,} parameters")
+    if sha256_of(weights) != expected:
         raise ExportError(f"{weights} is not the file model.json describes (sha256 differs)")
     return load_weights(weights, spec, params), info
 
 
-def load_best_model(folder: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
+def load_best_model(
+    folder: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    max_params: int = DEFAULT_MAX_PARAMS,
+) -> nn.Module:
     """The trained model of an export folder, checked against its spec, in eval mode.
 
-    Feed it (B, 3, 32, 32) images scaled to [0, 1] and normalised with model.json's
-    data.mean and data.std; it returns (B, 10) logits.
+    Refuses a folder whose architecture exceeds `max_params` (default 5,000,000) or
+    whose weights are not the ones model.json records. Feed it (B, 3, 32, 32) images
+    scaled to [0, 1] and normalised with model.json's data.mean and data.std; it
+    returns (B, 10) logits.
     """
-    model, _ = load_export(folder)
+    model, _ = load_export(folder, max_params=max_params)
     return model.to(resolve_device(device)).eval()
 
 
+def _recorded(folder: Path, info: dict[str, Any]) -> tuple[dict[str, Any], TrainRecipe]:
+    """model.json's data settings and recipe, checked for shape before any work."""
+    try:
+        d = info["data"]
+        for key, kind in (("val_size", int), ("seed", int), ("test_images", int)):
+            if not isinstance(d[key], kind) or isinstance(d[key], bool):
+                raise TypeError(f"data.{key} = {d[key]!r} is not a whole number")
+        if d["subset"] is not None and not isinstance(d["subset"], int):
+            raise TypeError(f"data.subset = {d['subset']!r} is not a whole number")
+        if len(d["mean"]) != 3 or len(d["std"]) != 3 or not isinstance(info["test_acc"], float):
+            raise TypeError("data.mean, data.std or test_acc is malformed")
+        return d, TrainRecipe.from_dict(info["recipe"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ExportError(f"{folder / INFO} is malformed: {e}") from None
+
+
 def evaluate_export(
-    folder: str | Path, *, data_dir: str | None = None, device: str = "auto"
+    folder: str | Path,
+    *,
+    data_dir: str | None = None,
+    device: str = "auto",
+    max_params: int = DEFAULT_MAX_PARAMS,
 ) -> dict[str, Any]:
     """Rebuild an export, load its weights and measure its test accuracy again.
 
     The test split is rebuilt from model.json's data settings; `data_dir` overrides the
     recorded folder. Returns test_acc, the recorded value and whether they are equal.
     """
-    model, info = load_export(folder)
-    d = info["data"]
     dev = resolve_device(device)
+    d, recipe = _recorded(Path(folder), read_info(folder))
+    model, info = load_export(folder, max_params=max_params)
     data = prepare_data(
         data_dir or d.get("data_dir"),
         val_size=d["val_size"],
@@ -175,7 +235,6 @@ def evaluate_export(
         )
     # The export's normalisation, not a recomputed one, defines the model's inputs.
     data.mean, data.std = tuple(d["mean"]), tuple(d["std"])
-    recipe = TrainRecipe.from_dict(info["recipe"])
     test_loss, test_acc = test_accuracy(model, data, recipe, dev)
     return {
         "test_acc": test_acc,

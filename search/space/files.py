@@ -61,6 +61,12 @@ def load_space(path: str) -> SearchSpace:
             data = tomllib.load(f)
     except FileNotFoundError:
         raise SpaceError(f"{path}: no such space file") from None
+    except IsADirectoryError:
+        raise SpaceError(f"{path}: is a folder, not a space file") from None
+    except OSError as e:
+        raise SpaceError(f"{path}: cannot be read ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise SpaceError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except tomllib.TOMLDecodeError as e:
         raise SpaceError(f"{path}: not valid TOML: {e}") from None
     return space_from_dict(data, source=path)

@@ -95,6 +95,8 @@ def _pair(where: str, value: Any, kind: type, *, low: float, high: float | None 
         ok = isinstance(v, kind) or (kind is float and isinstance(v, int))
         if isinstance(v, bool) or not ok:
             raise SpaceError(f"{where} must hold {kind.__name__} values, got {value!r}")
+        if v != v:  # NaN passes every comparison below
+            raise SpaceError(f"{where} must hold numbers, got {value!r}")
         if v < low or (high is not None and v > high):
             raise SpaceError(f"{where} values must lie in [{low}, {high}], got {value!r}")
     if value[0] > value[1]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from autosearch.models import ArchSpec, build_model, count_flops, count_params
 from autosearch.search.training.data import prepare_data
 from autosearch.search.training.device import resolve_device
@@ -29,8 +30,12 @@ def run_training(
     Returns a JSON-able summary: status, validation and test accuracy, params, FLOPs,
     training seconds, images/s, the device and the per-epoch history.
     """
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be a whole number from 0 to {2**32 - 1}, got {seed!r}")
     dev = resolve_device(device)
     data = prepare_data(data_dir, val_size=val_size, subset=subset, seed=seed, device=dev)
+    # Initial weights come from the global generator: seeded, one seed gives one run.
+    torch.manual_seed(seed)
     model = build_model(spec)
 
     def callback(report: EpochReport) -> bool:

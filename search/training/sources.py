@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import shutil
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -214,8 +215,28 @@ def load_cifar10(data_dir: str | Path | None = None, *, download: bool = True) -
     Raises:
         DataNotFoundError: nothing readable was found; the message lists every path tried.
     """
+    path, reader = locate_cifar10(data_dir, download=download)
+    return reader(path)
+
+
+def locate_cifar10(
+    data_dir: str | Path | None = None, *, download: bool = True
+) -> tuple[Path, Callable[[Path], RawCifar]]:
+    """Where `load_cifar10` would read CIFAR-10 from, and its reader; nothing is read.
+
+    A `data_dir` that does not exist is an error, not a folder to create and download
+    into: it is most likely a typo.
+
+    Raises:
+        DataNotFoundError: nothing readable was found; the message lists every path tried.
+    """
     if data_dir is not None:
         places, origin = [Path(data_dir).expanduser()], "the data_dir argument"
+        if not places[0].exists():
+            raise DataNotFoundError(
+                f"data folder {str(data_dir)!r} does not exist; point --data-dir (or "
+                f"{ENV_VAR}) at a folder holding {NPZ_NAME}, {BATCHES_DIR}/ or {ARCHIVE_NAME}"
+            )
     elif os.environ.get(ENV_VAR):
         places, origin = [Path(os.environ[ENV_VAR]).expanduser()], f"${ENV_VAR}"
     else:
@@ -223,25 +244,28 @@ def load_cifar10(data_dir: str | Path | None = None, *, download: bool = True) -
     for place in places:
         found = _find_reader(place)
         if found is not None:
-            return found[1](found[0])
+            return found
 
     root = places[0]
     if root.suffix in (".gz", ".tgz", ".npz"):
         root = root.parent
     if download:
+        made = not root.exists()
         try:
             _download(root)
             found = _find_reader(root)
             if found is None:
                 raise FileNotFoundError(f"no readable copy in {root} after downloading")
-            return found[1](found[0])
+            return found
         except Exception as exc:  # no network, a proxy, a full disk: all end the same way
+            if made:  # a failed download leaves no empty folder behind
+                shutil.rmtree(root, ignore_errors=True)
             why = f"downloading into {root} failed ({type(exc).__name__}: {exc})"
     else:
         why = "downloading was disabled (download=False)"
-    tried = "\n".join(f"  {p.resolve()}" for p in places)
+    tried = ", ".join(str(p.resolve()) for p in places)
     raise DataNotFoundError(
-        f"CIFAR-10 not found in {origin}; looked for {NPZ_NAME}, {BATCHES_DIR}/ and "
-        f"{ARCHIVE_NAME} in:\n{tried}\n{why}.\n"
-        f"Point to a copy with --data-dir DIR or by setting {ENV_VAR}=DIR."
+        f"CIFAR-10 not found in {origin}: no {NPZ_NAME}, {BATCHES_DIR}/ or {ARCHIVE_NAME} "
+        f"in {tried}; {' '.join(why.split())}. Point to a copy with --data-dir DIR or by "
+        f"setting {ENV_VAR}=DIR."
     )

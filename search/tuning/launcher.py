@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
+from autosearch.search.tuning.budget import queued_trials
 from autosearch.search.tuning.outcomes import count_outcomes, top_trials
-from autosearch.search.tuning.worker import fail_stale
+from autosearch.search.tuning.worker import LAUNCHER_ENV, fail_stale
 from optuna.trial import TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -32,6 +33,7 @@ WORKER_GPU_GIB = 6.0  # GPU memory one worker may use: context, data, activation
 CORES_PER_WORKER = 2  # host cores one worker's Python training loop keeps busy
 MAX_AUTO_PER_GPU = 3  # beyond this, small nets' kernels contend for the SMs
 EXIT_BAD_INPUT = 2  # the CLI's code for a bad flag or setting: a restart fails the same way
+EXIT_RUNTIME = 4  # the CLI's code for a runtime error (the data, the database): restarted
 STOP_WAIT_S = 60.0  # after Ctrl-C, how long workers get to fail their trial and exit
 LOG_TAIL_LINES = 5  # lines of a crashed worker's log shown with the report
 
@@ -197,6 +199,7 @@ class Launcher:
     def _env(self, slot: Slot) -> dict[str, str]:
         env = dict(os.environ)
         env["AUTOSEARCH_STORAGE"] = self.storage_url
+        env[LAUNCHER_ENV] = str(os.getpid())  # workers end when this process dies
         env["PYTHONUNBUFFERED"] = "1"  # log lines reach the file as they happen
         # Share the host cores: N workers each with every core thrash one another.
         threads = str(max(1, (os.cpu_count() or 1) // len(self.slots)))
@@ -264,8 +267,10 @@ class Launcher:
     # ------------------------------------------------------------------- progress
 
     def _remaining(self) -> int:
-        live = (TrialState.WAITING, TrialState.RUNNING)
-        return len(self.study.get_trials(deepcopy=False, states=live))
+        """Trials of this run not yet done: queued (parked ones are for a later run) or
+        running."""
+        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        return len(queued_trials(self.study)) + len(running)
 
     def _describe(self) -> str:
         counts = count_outcomes(self.study)

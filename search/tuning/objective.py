@@ -33,9 +33,9 @@ from autosearch.search.tuning.outcomes import (
     PRUNED,
     TrialFailed,
 )
-from autosearch.search.tuning.study import SEED_ATTR
-from autosearch.storage.checkpoints import CheckpointStore, keep_best
-from autosearch.storage.optuna_storage import root_trial_number
+from autosearch.search.tuning.study import SEED_ATTR, study_uid
+from autosearch.storage.checkpoints import CheckpointStore, keep_best, study_folder
+from autosearch.storage.stale import root_trial_number
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ class Objective:
         """Build the model and train it, resuming from the chain's last checkpoint."""
         # A retry trains with its chain's first number: the same seed, the same run.
         root = store.key if store is not None else root_trial_number(trial)
-        resume = self._resume_state(trial, store, recipe) if store is not None else None
+        resume = self._resume_state(trial, store, arch, recipe) if store is not None else None
         seed = self.config.seed + root
         # Initial weights come from the global generator: seed it like the trainer, so a
         # trial (and its retry) can be rebuilt exactly.
@@ -220,7 +220,12 @@ class Objective:
                 device=self.device,
                 seed=seed,
                 callback=reporter,
-                on_checkpoint=(lambda s: store.save(int(s["epoch"]), s)) if store else None,
+                # The arch rides along with the recipe: a checkpoint says what made it.
+                on_checkpoint=(
+                    (lambda s: store.save(int(s["epoch"]), {**s, "arch": arch.to_dict()}))
+                    if store
+                    else None
+                ),
                 resume=resume,
             )
         except torch.OutOfMemoryError as e:
@@ -236,29 +241,32 @@ class Objective:
 
     @staticmethod
     def _resume_state(
-        trial: optuna.Trial, store: CheckpointStore, recipe: TrainRecipe
+        trial: optuna.Trial, store: CheckpointStore, arch: ArchSpec, recipe: TrainRecipe
     ) -> dict[str, Any] | None:
         """The newest valid checkpoint of this trial's chain, or None to start afresh.
 
-        Damaged files are skipped (and named in the "skipped_checkpoints" attribute).
+        Damaged files are skipped (and named in the "skipped_checkpoints" attribute), and
+        so is a checkpoint of another architecture or recipe than this trial's.
         Epochs the checkpoint holds but the trial never reported (the worker died
         between writing the checkpoint and reporting) are reported now, so the curve
         has no gap; epochs already reported are left alone, so it has no duplicate.
         """
         found = store.load_latest(map_location="cpu")
-        if store.skipped:
-            trial.set_user_attr("skipped_checkpoints", store.skipped)
+        skipped = list(store.skipped)
+        if found is not None:
+            epoch, resume = found
+            ours = {"arch": arch.to_dict(), "recipe": recipe.to_dict()}
+            wrong = [k for k, v in ours.items() if resume.get(k) != v]
+            if wrong:
+                # Never load weights into another network: refuse, start afresh, and drop
+                # the files so that the new run's epochs are the newest ones there.
+                skipped.append(f"{store.path(epoch).name}: made for another {' and '.join(wrong)}")
+                log.warning("trial %d: %s; starting afresh", trial.number, skipped[-1])
+                store.clear()
+                found = None
+        if skipped:
+            trial.set_user_attr("skipped_checkpoints", skipped)
         if found is None:
-            return None
-        epoch, resume = found
-        if resume.get("recipe") != recipe.to_dict():
-            # Same folder, different run: a study of the same name made earlier.
-            log.warning(
-                "trial %d: checkpoint of another recipe in %s; starting afresh",
-                trial.number,
-                store.folder,
-            )
-            store.clear()
             return None
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*is already reported")
@@ -277,8 +285,11 @@ class Objective:
     def _checkpoints(self, trial: optuna.Trial) -> CheckpointStore | None:
         if self.config.checkpoint_dir is None or isinstance(trial, optuna.trial.FixedTrial):
             return None
+        study = trial.study
         return CheckpointStore(
-            self.config.checkpoint_dir, trial.study.study_name, root_trial_number(trial)
+            self.config.checkpoint_dir,
+            study_folder(study.study_name, study_uid(study)),
+            root_trial_number(trial),
         )
 
     def _finish_checkpoints(
@@ -303,7 +314,7 @@ class Objective:
         finished.append((value, store.key))
         keep_best(
             self.config.checkpoint_dir,
-            trial.study.study_name,
+            store.study,
             live=live,
             finished=finished,
             keep=KEEP_BEST_WEIGHTS,

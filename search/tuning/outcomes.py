@@ -18,12 +18,15 @@ FINISHED, PRUNED, INFEASIBLE, DIVERGED, FAILED = (
 )
 
 
+PARKED_ATTR = "autosearch:parked"  # see tuning.budget: waiting, but for a later run
+
+
 class TrialFailed(Exception):
     """A trial that cannot produce a result (diverged, out of memory); the study goes on."""
 
 
 def outcome(trial: FrozenTrial) -> str:
-    """complete, pruned, infeasible, failed, running or waiting."""
+    """complete, pruned, infeasible, failed, running, waiting or parked."""
     why = trial.user_attrs.get("stopped")
     if trial.state == TrialState.COMPLETE:
         return INFEASIBLE if why == INFEASIBLE else "complete"
@@ -31,11 +34,22 @@ def outcome(trial: FrozenTrial) -> str:
         return PRUNED
     if trial.state == TrialState.FAIL:
         return FAILED
+    if trial.state == TrialState.WAITING and trial.system_attrs.get(PARKED_ATTR):
+        return "parked"
     return trial.state.name.lower()
 
 
+def retried_numbers(trials: list[FrozenTrial]) -> set[int]:
+    """Numbers of dead trials that were queued again: each retry lists its chain."""
+    return {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+
+
 def count_outcomes(study: optuna.Study) -> Counter[str]:
-    return Counter(outcome(t) for t in study.get_trials(deepcopy=False))
+    """Trials by outcome, a retried dead trial counted once, by how its last retry ended;
+    the dead attempts themselves are under "retried", apart from the failures."""
+    trials = study.get_trials(deepcopy=False)
+    superseded = retried_numbers(trials)
+    return Counter("retried" if t.number in superseded else outcome(t) for t in trials)
 
 
 def finished_count(study: optuna.Study) -> int:

@@ -1,10 +1,12 @@
 """What `autosearch start` and `autosearch worker` do, callable without the command line.
 
-A session validates its request, opens the storage, creates or resumes the study (or
-joins one), queues the trial budget and then runs the trials: in this process, or in
-worker processes placed on this machine's GPUs or CPU cores by the launcher. Nothing is
-printed here: messages go to a `say` callback and the launcher's console, and every
-refusal is a `StudyError` whose message names the bad value.
+A session validates its request (`tuning.checks`: the study name, every number, the
+space, the device, the data and the storage URL) before it opens or creates anything,
+then opens the storage, creates or resumes the study (or joins one), queues the trial
+budget and runs the trials: in this process, or in worker processes placed on this
+machine's GPUs or CPU cores by the launcher. Nothing is printed here: messages go to a
+`say` callback and the launcher's console, and every refusal is a `StudyError` whose
+message names the bad value.
 
 Example:
     >>> request = StartRequest(study="demo", preset="zigzag", trials=4)  # doctest: +SKIP
@@ -28,6 +30,7 @@ from autosearch.search.space import (
     space_from_stored,
     with_epochs,
 )
+from autosearch.search.tuning import checks
 from autosearch.search.tuning.budget import reserve_trials
 from autosearch.search.tuning.launcher import (
     Launcher,
@@ -51,10 +54,17 @@ from autosearch.search.tuning.study import (
     open_study,
     sampler_seed,
     store_run_settings,
+    study_uid,
 )
 from autosearch.search.tuning.tracking import Tracking, parse_tracks
-from autosearch.search.tuning.worker import Terminated, run_worker
-from autosearch.storage.optuna_storage import StorageError, close_storage, make_storage
+from autosearch.search.tuning.worker import (
+    LauncherGone,
+    Terminated,
+    fail_stale,
+    follow_launcher,
+    run_worker,
+)
+from autosearch.storage.optuna_storage import PermanentStorageError, close_storage, make_storage
 from autosearch.storage.urls import StorageURLError, is_sqlite, mask_url, resolve_url
 from optuna.trial import FrozenTrial
 from rich.console import Console
@@ -161,25 +171,20 @@ class Outcome:
 
 
 def open_storage(url: str | None, **kwargs) -> tuple[str, optuna.storages.RDBStorage]:
-    """The resolved URL and the storage it names; `kwargs` go to `make_storage`."""
+    """The resolved URL and the storage it names; `kwargs` go to `make_storage` (pass
+    ``create=False`` to read or join: a missing SQLite file is then refused, not made)."""
     try:
         resolved = resolve_url(url)
         return resolved, make_storage(resolved, **kwargs)
-    except (StorageError, StorageURLError, ValueError) as e:
+    except (PermanentStorageError, StorageURLError, ValueError) as e:
         raise StudyError(str(e)) from None
-
-
-def _check_exclusive(placement: Placement) -> None:
-    if placement.gpus is not None and placement.workers > 1:
-        raise StudyError(
-            "give --gpus (with --workers-per-gpu) or --workers (CPU workers), not both"
-        )
+    # Any other StorageError (the server is down) is raised as it is: a runtime error,
+    # for which a launcher restarts the worker.
 
 
 def plan(placement: Placement, *, first_index: int = 0) -> list[Slot]:
     """The worker processes `placement` asks for, numbered from `first_index`, or a
     `StudyError`."""
-    _check_exclusive(placement)
     try:
         chosen = parse_gpus(placement.gpus, visible_gpus()) if placement.gpus is not None else None
         return plan_slots(
@@ -202,9 +207,12 @@ def _check_device(objective: Objective) -> None:
 def open_for_start(request: StartRequest) -> tuple[str, optuna.Study, SearchSpace, RunSettings]:
     """Validate `request`, then create or resume its study; nothing is queued yet."""
     r = request
-    url, rdb = open_storage(r.storage, heartbeat_interval=r.heartbeat, grace_period=r.grace)
-    space = with_epochs(choose_space(r.study, r.preset, r.space_file, rdb), r.epochs)
-    _check_exclusive(r.placement)
+    given = checks.start_request(r)
+    # Without a space of its own the study must exist already: open, never create.
+    url, rdb = open_storage(
+        r.storage, heartbeat_interval=r.heartbeat, grace_period=r.grace, create=given is not None
+    )
+    space = with_epochs(given or choose_space(r.study, None, None, rdb), r.epochs)
     settings = RunSettings(
         sampler=r.sampler,
         pruner=r.pruner,
@@ -213,7 +221,7 @@ def open_for_start(request: StartRequest) -> tuple[str, optuna.Study, SearchSpac
         val_size=r.val_size,
         heartbeat_interval=r.heartbeat,
         grace_period=r.grace,
-        deadline=time.time() + r.timeout if r.timeout else None,
+        deadline=time.time() + r.timeout if r.timeout is not None else None,
         track=parse_tracks(r.track),
     )
     study = open_study(
@@ -224,6 +232,7 @@ def open_for_start(request: StartRequest) -> tuple[str, optuna.Study, SearchSpac
         pruner=make_pruner(r.pruner, space.recipe.epochs[1]),
         max_params=r.max_params,
     )
+    study_uid(study)  # a study made before identities existed gets one before any worker
     finished = len(study.get_trials(deepcopy=False))
     study.sampler = make_sampler(r.sampler, sampler_seed(r.seed, finished=finished))
     return url, study, space, settings
@@ -246,14 +255,12 @@ def start(
     placement = request.placement
     if request.enqueue_only:
         store_run_settings(study, settings)
-        reserve_trials(study, request.trials)
+        _queue(study, request.trials)
         return Outcome(study, url, "queued")
     if placement.launching:
         slots = plan(placement)
-        if placement.gpus is None:
-            _check_device(Objective(RunConfig(space=space, device=placement.device)))
         store_run_settings(study, settings)
-        reserve_trials(study, request.trials)
+        _queue(study, request.trials)
         return launch(study, url, slots, placement, say=say, console=console)
     tracking = _tracking(settings, placement)
     store_run_settings(study, settings)
@@ -262,7 +269,7 @@ def start(
         epoch_listeners=tracking.epoch_listeners,
     )
     _check_device(objective)
-    reserve_trials(study, request.trials)
+    _queue(study, request.trials)
     say(
         f"study {request.study} space {space.name} ({space.fingerprint()}) on "
         f"{mask_url(url)}, device {objective.device}, {request.trials} trial(s)"
@@ -274,6 +281,13 @@ def _tracking(settings: RunSettings, placement: Placement) -> Tracking:
     """This process's trackers: the machine's own choice, else the study's."""
     specs = placement.track if placement.track is not None else settings.track
     return Tracking(parse_tracks(specs))
+
+
+def _queue(study: optuna.Study, trials: int) -> None:
+    # Trials left RUNNING by a run that died are failed (and queued again) first, so
+    # that their retries count toward this run's `trials`.
+    fail_stale(study)
+    reserve_trials(study, trials)
 
 
 def _run_config(
@@ -306,8 +320,10 @@ def join(
     The space, budget, sampler, pruner, data split and heartbeat come from the study;
     the request says only where the data, GPUs and checkpoints are on this machine.
     """
+    url = checks.join_request(request)
+    follow_launcher()  # a worker started by a launcher ends when the launcher dies
     # A first look without heartbeats: the study says which heartbeat to use.
-    url, probe = open_storage(request.storage, heartbeat_interval=None, max_retry=None)
+    url, probe = open_storage(url, heartbeat_interval=None, max_retry=None, create=False)
     try:
         found = load_existing(request.study, probe)
         settings = load_run_settings(found)
@@ -316,7 +332,10 @@ def join(
     finally:
         close_storage(probe)
     _, rdb = open_storage(
-        url, heartbeat_interval=settings.heartbeat_interval, grace_period=settings.grace_period
+        url,
+        heartbeat_interval=settings.heartbeat_interval,
+        grace_period=settings.grace_period,
+        create=False,
     )
     placement = request.placement
     if placement.launching:
@@ -389,7 +408,7 @@ def run_here(
     callback = (lambda t: on_trial_end(study, t)) if on_trial_end is not None else None
     try:
         done = run_worker(study, objective, deadline=deadline, on_trial_end=callback)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, LauncherGone):
         return Outcome(study, url, "here", interrupted=True)
     return Outcome(study, url, "here", trials_run=done)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 import warnings
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -38,6 +39,9 @@ RUN_ATTR = "run_settings"
 
 
 SEED_ATTR = "seed_config"  # user attribute of enqueued seed trials: index into space.seeds
+
+
+UID_ATTR = "study_uid"  # a UUID made with the study: its identity beyond name and storage
 
 
 class StudyError(ValueError):
@@ -161,6 +165,7 @@ def open_study(
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
         check_compatible(study, space, max_params)
         return study
+    study.set_user_attr(UID_ATTR, uuid.uuid4().hex)
     study.set_user_attr(SPACE_ATTR, space.to_dict())
     study.set_user_attr(MAX_PARAMS_ATTR, max_params)
     for i, params in enumerate(seed_params(space)):
@@ -168,6 +173,21 @@ def open_study(
     # The fingerprint goes last: a worker that loads the study meanwhile waits for it.
     study.set_user_attr(FINGERPRINT_ATTR, space.fingerprint())
     return study
+
+
+def study_uid(study: optuna.Study) -> str:
+    """The study's identity: a UUID stored on it when it was made.
+
+    Checkpoints are filed under it, so a study of the same name in another storage, or
+    one deleted and made again, never shares them. A study made outside autosearch gets
+    its identity on first use.
+    """
+    uid = study.user_attrs.get(UID_ATTR)
+    if uid is None:
+        study.set_user_attr(UID_ATTR, uuid.uuid4().hex)
+        # Read back: when two workers race to make it, both use the one stored last.
+        uid = study.user_attrs[UID_ATTR]
+    return str(uid)
 
 
 def check_compatible(study: optuna.Study, space: SearchSpace, max_params: int) -> None:

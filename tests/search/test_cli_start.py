@@ -104,5 +104,8 @@ def test_bad_options_fail_with_one_line(cifar_dir, tmp_path):
         assert word in result.stderr
     result = runner.invoke(app, ["start", "--study", "mine", "--storage", f"{tmp_path}/y.db"])
     assert result.exit_code == 2 and "--preset" in result.stderr
-    result = runner.invoke(app, ["best", "--study", "nope", "--storage", f"{tmp_path}/y.db"])
+    assert not (tmp_path / "y.db").exists()  # refused before the storage was made
+    url = f"sqlite:///{tmp_path}/x.db"
+    optuna.create_study(study_name="other", storage=url)
+    result = runner.invoke(app, ["best", "--study", "nope", "--storage", url])
     assert result.exit_code == 2 and "no study named 'nope'" in result.stderr

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import torch
 from autosearch.search.cli import app
 from typer.testing import CliRunner
 
@@ -63,3 +65,26 @@ def test_train_bad_recipe_and_missing_data(tmp_path):
     )
     assert result.exit_code == 2
     assert "--data-dir" in result.stderr and "AUTOSEARCH_DATA" in result.stderr
+    assert not (tmp_path / "none").exists()  # a mistyped folder is refused, not created
+
+
+def test_train_seeds_the_initial_weights(cifar_dir):
+    from autosearch.models import make_spec
+    from autosearch.search.training.recipe import get_recipe
+    from autosearch.search.training.run import run_training
+
+    spec = make_spec([8], [1], stem_width=8)
+    recipe = get_recipe("fast").replace(epochs=1, batch_size=64, tta=False)
+    runs = []
+    for noise in (1, 2):  # whatever the global generator held before, one seed, one run
+        torch.manual_seed(noise)
+        runs.append(
+            run_training(spec, recipe, data_dir=str(cifar_dir), subset=100, val_size=20, seed=3)
+        )
+
+    def losses(run):
+        return [(r["train_loss"], r["val_loss"]) for r in run["history"]], run["test_loss"]
+
+    assert losses(runs[0]) == losses(runs[1])
+    with pytest.raises(ValueError, match="seed must be"):
+        run_training(spec, recipe, data_dir=str(cifar_dir), seed=-1)

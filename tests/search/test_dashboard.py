@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -66,6 +67,56 @@ def test_dashboard_serves_the_study(tmp_path):
         server.wait(timeout=10)
 
 
+def request(method: str, url: str, body: bytes | None = None) -> int:
+    req = urllib.request.Request(url, data=body, method=method)
+    req.add_header("Content-Type", "application/json")
+    try:
+        with opener.open(req, timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_the_dashboard_refuses_every_write(tmp_path):
+    url = f"sqlite:///{tmp_path}/d.db"
+    study = optuna.create_study(study_name="dash", storage=url, direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.5, params={}, distributions={}))
+    before = optuna.load_study(study_name="dash", storage=url).trials
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "autosearch", "dashboard", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "AUTOSEARCH_STORAGE": url},  # the URL stays off the command line
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                studies = json.loads(get(f"{base}/api/studies")[1])["study_summaries"]
+                break
+            except (urllib.error.URLError, ConnectionError):
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(server.stdout.read().decode()) from None
+                time.sleep(0.2)
+        study_id = studies[0]["study_id"]
+        assert request("DELETE", f"{base}/api/studies/{study_id}") >= 400
+        new = json.dumps({"study_name": "intruder", "directions": ["minimize"]}).encode()
+        assert request("POST", f"{base}/api/studies", new) >= 400
+        trial_id = before[0]._trial_id
+        note = json.dumps({"user_attrs": {"owned": 1}}).encode()
+        assert request("POST", f"{base}/api/trials/{trial_id}/user-attrs", note) >= 400
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    assert optuna.get_all_study_names(url) == ["dash"]
+    after = optuna.load_study(study_name="dash", storage=url).trials
+    assert [(t.state, t.value, t.user_attrs) for t in after] == [
+        (t.state, t.value, t.user_attrs) for t in before
+    ]
+
+
 def test_missing_extra_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "optuna_dashboard", None)  # import now fails
     result = runner.invoke(app, ["dashboard", "--storage", "sqlite:///:memory:"])
@@ -74,6 +125,7 @@ def test_missing_extra_says_how_to_install(monkeypatch):
 
 
 def test_a_taken_port_fails_with_one_line(tmp_path):
+    optuna.create_study(study_name="dash", storage=f"sqlite:///{tmp_path}/d.db")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()

@@ -186,7 +186,15 @@ def test_download_fallback_reads_what_it_fetched(tmp_path, reference, monkeypatc
         write_batches(root, reference)
 
     monkeypatch.setattr(data_module, "_download", fake_download)
+    (tmp_path / "fresh").mkdir()
     assert_same(load_cifar10(tmp_path / "fresh"), reference)
+
+
+def test_a_missing_data_dir_is_refused_not_created(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_module, "_download", lambda root: root.mkdir(parents=True))
+    with pytest.raises(DataNotFoundError, match="typo-dir.*does not exist"):
+        load_cifar10(tmp_path / "typo-dir")
+    assert not (tmp_path / "typo-dir").exists()
 
 
 def test_download_failure_is_reported(tmp_path, monkeypatch):
@@ -194,6 +202,7 @@ def test_download_failure_is_reported(tmp_path, monkeypatch):
         raise OSError("network unreachable")
 
     monkeypatch.setattr(data_module, "_download", offline)
+    (tmp_path / "missing").mkdir()
     with pytest.raises(DataNotFoundError) as err:
         load_cifar10(tmp_path / "missing")
     message = str(err.value)

@@ -213,3 +213,73 @@ def test_plateau_recipes_need_a_validation_split(tmp_path, cifar_dir):
         device="cpu",
     )
     assert info["data"]["val_size"] == 100
+
+
+# ----------------------------------------------------- refusals before anything is built
+
+
+def evaluate_line(out) -> str:
+    result = runner.invoke(app, ["evaluate", str(out), "--device", "cpu"])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    return lines[0]
+
+
+def test_the_callers_budget_decides_and_nothing_is_built(tiny, tmp_path, monkeypatch):
+    from autosearch.models import count_params, get_preset
+    from autosearch.search.results import exported
+
+    def tripwire(spec):
+        raise AssertionError("a model was built before its count was checked")
+
+    monkeypatch.setattr(exported, "build_model", tripwire)
+    out, info = copy_of(tiny, tmp_path)
+    big = get_preset("resnet18")
+    info.update(arch=big.to_dict(), params=count_params(big), max_params=10**12)
+    (out / "model.json").write_text(json.dumps(info))
+    assert "11,173,962 parameters, over the budget 5,000,000" in evaluate_line(out)
+    with pytest.raises(ExportError, match="over the budget 5,000,000"):
+        load_best_model(out)
+    monkeypatch.undo()
+    small, _ = copy_of(tiny, tmp_path / "small")
+    with pytest.raises(ExportError, match="over the budget 1,000"):
+        load_best_model(small, max_params=1000)
+
+
+def test_the_weights_hash_is_required(tiny, tmp_path):
+    out, info = copy_of(tiny, tmp_path)
+    del info["weights_sha256"]
+    (out / "model.json").write_text(json.dumps(info))
+    assert "records no weights_sha256" in evaluate_line(out)
+
+
+def test_a_corrupt_weights_file_is_one_line(tiny, tmp_path):
+    from autosearch.search.results.exported import sha256_of
+
+    out, info = copy_of(tiny, tmp_path)
+    (out / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
+    info["weights_sha256"] = sha256_of(out / "model.safetensors")  # so the file is parsed
+    (out / "model.json").write_text(json.dumps(info))
+    assert "model.safetensors is not a readable safetensors file" in evaluate_line(out)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (lambda info: info["data"].update(val_size="many"), "data.val_size"),
+        (lambda info: info.pop("data"), "'data'"),
+        (lambda info: info.update(params="lots"), "lots"),
+        (lambda info: info["recipe"].update(optimizer="sgdx"), "sgdx"),
+    ],
+)
+def test_malformed_model_json_is_one_line(tiny, tmp_path, change, named):
+    out, info = copy_of(tiny, tmp_path)
+    change(info)
+    (out / "model.json").write_text(json.dumps(info))
+    assert named in evaluate_line(out)
+
+
+def test_unreadable_model_json_is_one_line(tiny, tmp_path):
+    out, _ = copy_of(tiny, tmp_path)
+    (out / "model.json").write_bytes(b"\xff\xfe not json")
+    assert "model.json is not valid JSON" in evaluate_line(out)

@@ -166,7 +166,9 @@ def test_sigterm_fails_the_running_trial_and_queues_it_again():
     with pytest.raises(KeyboardInterrupt):
         run_worker(study, objective)
     counts = count_outcomes(study)
-    assert counts["failed"] == 1 and counts["running"] == 0 and counts["waiting"] == 3
+    # the stopped attempt is counted once, under its retry
+    assert counts["retried"] == 1 and counts["failed"] == 0
+    assert counts["running"] == 0 and counts["waiting"] == 3
     stopped, retry = study.trials[0], study.trials[-1]
     assert "SIGTERM" in stopped.user_attrs["fail_reason"]
     assert retry.system_attrs["failed_trial"] == stopped.number
@@ -230,6 +232,6 @@ def test_real_trainer_records_everything_on_the_trial(tmp_path):
         assert t.value == attrs["final_val_acc"]
         assert sorted(t.intermediate_values) == [1, 2]
     # epoch checkpoints are gone; final weights are kept for the best trials
-    finals = sorted((tmp_path / "ck" / "t").glob("*/final.pt"))
+    finals = sorted((tmp_path / "ck").glob(f"t.{study.user_attrs['study_uid']}/*/final.pt"))
     assert len(finals) == 2
     assert top_trials(study, 1)[0].value == study.best_value

@@ -140,5 +140,18 @@ def test_launch_options_fail_with_one_line(tmp_path: Path, cifar_dir: Path) -> N
     common = ["--study", "zigzag", "--storage", f"sqlite:///{tmp_path}/x.db"]
     result = runner.invoke(app, ["start", *common, "--gpus", "0", "--workers", "2"])
     assert result.exit_code == 2 and "not both" in result.stderr
-    result = runner.invoke(app, ["worker", "--study", "nope", "--storage", f"{tmp_path}/x.db"])
+    assert not (tmp_path / "x.db").exists()
+    optuna.create_study(study_name="other", storage=f"sqlite:///{tmp_path}/x.db")
+    result = runner.invoke(
+        app,
+        [
+            "worker",
+            "--study",
+            "nope",
+            "--storage",
+            f"{tmp_path}/x.db",
+            "--data-dir",
+            str(cifar_dir),
+        ],
+    )
     assert result.exit_code == 2 and "no study named 'nope'" in result.stderr

@@ -137,3 +137,22 @@ def test_bad_url_in_file_is_masked(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     with pytest.raises(StorageURLError) as info:
         resolve_url()
     assert SECRET not in str(info.value)
+
+
+def test_a_raw_at_in_the_password_does_not_leak_its_tail() -> None:
+    url = "postgresql+psycopg://bob:hunter@2cats@db:5432/s"
+    masked = mask_url(url)
+    assert masked == "postgresql+psycopg://bob:***@db:5432/s"
+    assert "2cats" not in mask_url(make_url(url)) and "hunter" not in masked
+    with pytest.raises(StorageURLError, match="%40") as info:
+        resolve_url(url)
+    assert "hunter" not in str(info.value) and "2cats" not in str(info.value)
+
+
+def test_sqlite_file_understands_uri_urls(tmp_path: Path) -> None:
+    from autosearch.storage.urls import is_memory, sqlite_file
+
+    assert sqlite_file(f"sqlite:///file:{tmp_path}/a.db?mode=ro&uri=true") == tmp_path / "a.db"
+    assert sqlite_file(f"sqlite:///{tmp_path}/b.db") == tmp_path / "b.db"
+    assert is_memory("sqlite:///:memory:") and is_memory("sqlite://")
+    assert not is_memory(f"sqlite:///{tmp_path}/b.db")
