@@ -1,13 +1,15 @@
 """Where things are kept: study storage URLs and names, the Optuna storage (and a
-read-only view of it), training checkpoints."""
+read-only view of it), training checkpoints.
 
-from autosearch.storage.checkpoints import (
-    DEFAULT_ROOT,
-    CheckpointError,
-    CheckpointStore,
-    prune_finished,
-    read_checkpoint,
-)
+The checkpoint names (`CheckpointStore` and friends) load torch, so they are imported on
+first use: a storage proxy or a status command never pays for torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from autosearch.storage.names import StudyNameError, check_study_name
 from autosearch.storage.optuna_storage import (
     PermanentStorageError,
@@ -56,3 +58,14 @@ __all__ = [
     "root_trial_number",
     "sqlite_file",
 ]
+
+_CHECKPOINTS = ("DEFAULT_ROOT", "CheckpointError", "CheckpointStore", "prune_finished")
+_CHECKPOINTS += ("read_checkpoint",)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CHECKPOINTS:
+        value = getattr(importlib.import_module("autosearch.storage.checkpoints"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'autosearch.storage' has no attribute {name!r}")

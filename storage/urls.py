@@ -24,6 +24,9 @@ ENV_VAR = "AUTOSEARCH_STORAGE"
 # A file holding the URL: batch schedulers and secret mounts hand over files, and a file
 # with mode 600 keeps the password out of job listings and process tables.
 FILE_ENV_VAR = "AUTOSEARCH_STORAGE_FILE"
+# Optuna's own command line reads this one; honoured after ours, so that a shell set up
+# for `optuna` works with `autosearch` too.
+OPTUNA_ENV_VAR = "OPTUNA_STORAGE"
 
 _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 # psycopg 3 is the driver we ship; SQLAlchemy would otherwise pick psycopg2 for a bare
@@ -99,9 +102,10 @@ def resolve_url(url: str | None = None) -> str:
 
     Order: the `url` argument, else the `AUTOSEARCH_STORAGE` environment variable, else
     the contents of the file named by `AUTOSEARCH_STORAGE_FILE` (surrounding whitespace
-    dropped), else ``sqlite:///<cwd>/autosearch.db``. A bare file path ending in ``.db``,
-    ``.sqlite`` or ``.sqlite3`` means a SQLite file (made absolute). ``postgres://`` and
-    ``postgresql://`` get the psycopg 3 driver: ``postgresql+psycopg://``.
+    dropped), else Optuna's `OPTUNA_STORAGE`, else ``sqlite:///<cwd>/autosearch.db``. A
+    bare file path ending in ``.db``, ``.sqlite`` or ``.sqlite3`` means a SQLite file
+    (made absolute). ``postgres://`` and ``postgresql://`` get the psycopg 3 driver:
+    ``postgresql+psycopg://``.
 
     Args:
         url: An explicit URL or SQLite file path; None or empty to fall back.
@@ -119,6 +123,7 @@ def resolve_url(url: str | None = None) -> str:
         'postgresql+psycopg://bob@db/autosearch'
     """
     value = (url or os.environ.get(ENV_VAR) or "").strip() or _url_from_file()
+    value = value or os.environ.get(OPTUNA_ENV_VAR, "").strip()
     if not value:
         return _sqlite_url(Path.cwd() / DEFAULT_DB_FILE)
     if value.lower().startswith(GRPC_SCHEME):

@@ -145,6 +145,8 @@ def _loaded_after(statement: str, cwd: Path) -> set[str]:
         "import autosearch.models",
         "from autosearch.search.training.recipe import TrainRecipe",
         "import autosearch.search.cli.app",
+        "import autosearch.storage",
+        "import autosearch.search.tuning.study",
     ],
 )
 def test_light_imports_load_no_torch_or_plotly(statement: str, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from autosearch.search.cli.app import app
 
 # `--help` lists the commands in the order a user meets them.
 ORDER = ("arch", "train", "start", "worker", "proxy", "studies", "status", "best", "report")
-ORDER += ("dashboard", "export", "evaluate")
+ORDER += ("dashboard", "export", "evaluate", "delete")
 app.registered_commands.sort(
     key=lambda c: (
         ORDER.index(c.name or c.callback.__name__)

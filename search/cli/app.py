@@ -91,13 +91,13 @@ def say(text: str) -> None:
 
 
 # Options shared by several commands.
-StudyOpt = Annotated[str, typer.Option("--study", help="Study name.")]
+StudyOpt = Annotated[str, typer.Option("--study", "--study-name", help="Study name.")]
 StorageOpt = Annotated[
     str | None,
     typer.Option(
         help="SQLAlchemy URL, or grpc://HOST:PORT of an `autosearch proxy` (default: "
         "$AUTOSEARCH_STORAGE, else the file named by $AUTOSEARCH_STORAGE_FILE, else "
-        "./autosearch.db)."
+        "$OPTUNA_STORAGE, else ./autosearch.db)."
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")]

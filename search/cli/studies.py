@@ -1,9 +1,11 @@
-"""`autosearch studies`, `status` and `best`: read a storage's studies."""
+"""`autosearch studies`, `status`, `best` and `delete`: a storage's studies."""
 
 from __future__ import annotations
 
 import json
+from typing import Annotated
 
+import typer
 from autosearch.search.cli.app import (
     JsonOpt,
     StorageOpt,
@@ -111,3 +113,30 @@ def best(study: StudyOpt, storage: StorageOpt = None, as_json: JsonOpt = False) 
         print(json.dumps(trial_summary(top[0])))
     else:
         print_best(s)
+
+
+@app.command()
+@storage_errors
+def delete(
+    study: StudyOpt,
+    storage: StorageOpt = None,
+    checkpoint_dir: Annotated[
+        str, typer.Option(help="Where the study's checkpoints are (removed too).")
+    ] = "checkpoints",
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask first.")] = False,
+) -> None:
+    """Delete a study, its trials and its checkpoints, after asking."""
+    from autosearch.search.tuning.study import StudyError, delete_study
+
+    _, s = _open(storage, study)
+    if not yes:
+        typer.confirm(
+            f"delete study {study!r} with its {len(s.trials)} trial(s) and its checkpoints?",
+            abort=True,
+        )
+    try:
+        removed = delete_study(study, s._storage, checkpoint_dir)
+    except StudyError as e:
+        fail(str(e))
+    where = f" and {removed}" if removed is not None else ""
+    console.print(f"deleted study {study}{where}", highlight=False, markup=False)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 import uuid
 import warnings
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -188,6 +190,28 @@ def study_uid(study: optuna.Study) -> str:
         # Read back: when two workers race to make it, both use the one stored last.
         uid = study.user_attrs[UID_ATTR]
     return str(uid)
+
+
+def delete_study(
+    name: str, storage: optuna.storages.BaseStorage, checkpoint_dir: str | Path | None
+) -> Path | None:
+    """Remove study `name` with its trials, then its checkpoint folder under
+    `checkpoint_dir`; returns the folder removed, if there was one.
+
+    The database goes first: should that fail, the checkpoints are still there.
+    """
+    from autosearch.storage.checkpoints import study_folder  # torch: only when deleting
+
+    study = load_existing(name, storage)
+    uid = study.user_attrs.get(UID_ATTR)
+    optuna.delete_study(study_name=name, storage=storage)
+    if uid is None or checkpoint_dir is None:
+        return None
+    folder = Path(checkpoint_dir) / study_folder(name, str(uid))
+    if not folder.is_dir():
+        return None
+    shutil.rmtree(folder)
+    return folder
 
 
 def check_compatible(study: optuna.Study, space: SearchSpace, max_params: int) -> None:

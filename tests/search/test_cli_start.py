@@ -109,3 +109,20 @@ def test_bad_options_fail_with_one_line(cifar_dir, tmp_path):
     optuna.create_study(study_name="other", storage=url)
     result = runner.invoke(app, ["best", "--study", "nope", "--storage", url])
     assert result.exit_code == 2 and "no study named 'nope'" in result.stderr
+
+
+def test_delete_asks_then_removes_the_study_and_its_checkpoints(cifar_dir, tmp_path):
+    assert runner.invoke(app, start_args(cifar_dir, tmp_path)).exit_code == 0
+    url = f"sqlite:///{tmp_path}/x.db"
+    folders = list((tmp_path / "ck").glob("zigzag.*"))
+    assert len(folders) == 1  # the best trials' final weights
+    args = ["delete", "--study-name", "zigzag", "--storage", url]
+    args += ["--checkpoint-dir", str(tmp_path / "ck")]
+    kept = runner.invoke(app, args, input="n\n")
+    assert kept.exit_code == 1 and "4 trial(s)" in kept.output
+    assert optuna.get_all_study_names(url) == ["zigzag"] and folders[0].is_dir()
+    gone = runner.invoke(app, args, input="y\n")
+    assert gone.exit_code == 0, gone.output
+    assert optuna.get_all_study_names(url) == [] and not folders[0].exists()
+    again = runner.invoke(app, [*args, "--yes"])
+    assert again.exit_code == 2 and "no study named 'zigzag'" in again.stderr

@@ -22,6 +22,7 @@ SECRET = "hunter2"
 def _no_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ENV_VAR, raising=False)
     monkeypatch.delenv(FILE_ENV_VAR, raising=False)
+    monkeypatch.delenv("OPTUNA_STORAGE", raising=False)
 
 
 def test_default_is_sqlite_file_in_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -115,6 +116,17 @@ def test_url_file_comes_after_the_environment(
     monkeypatch.setenv(ENV_VAR, "postgresql+psycopg://env@db/envdb")
     assert resolve_url() == "postgresql+psycopg://env@db/envdb"
     assert resolve_url("sqlite:////tmp/arg.db") == "sqlite:////tmp/arg.db"
+
+
+def test_optunas_variable_comes_after_ours(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPTUNA_STORAGE", "postgres://optuna@db/shared")
+    assert resolve_url() == "postgresql+psycopg://optuna@db/shared"
+    url_file = tmp_path / "storage-url"
+    url_file.write_text("sqlite:////tmp/from-file.db")
+    monkeypatch.setenv(FILE_ENV_VAR, str(url_file))
+    assert resolve_url() == "sqlite:////tmp/from-file.db"
+    monkeypatch.setenv(ENV_VAR, "sqlite:////tmp/ours.db")
+    assert resolve_url() == "sqlite:////tmp/ours.db"
 
 
 @pytest.mark.parametrize(("content", "why"), [(None, "No such file"), ("  \n", "is empty")])
