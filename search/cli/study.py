@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Annotated
 
 import typer
@@ -75,20 +76,25 @@ def _report(outcome) -> None:
         fail(f"{names} gave up; see the worker logs in {outcome.log_dir}", 1)
 
 
-def _run(call, request, *, worker: bool):
-    """Run a session; a refusal exits 2 (a launcher gives such a worker up), a failure
-    while running exits 4 (a launcher restarts it), both with one line."""
+def _run(call, request, *, worker: bool, trials: int | None = None, timeout: float | None = None):
+    """Run a session, saying what it does; a refusal exits 2 (a launcher gives such a
+    worker up), a failure while running exits 4 (a launcher restarts it), both with one
+    line."""
     from autosearch.search.cli.views import TrialLines
     from autosearch.search.tuning.study import StudyError
     from autosearch.storage.retries import PermanentStorageError
 
     _quiet_logs(worker)
+    deadline = time.time() + timeout if timeout else None
+    lines = TrialLines(trials=trials, deadline=deadline)
     try:
-        return call(request, say=say, console=console, on_trial_end=TrialLines())
+        return call(request, say=say, console=console, on_trial_end=lines, on_epoch=lines.on_epoch)
     except (StudyError, PermanentStorageError) as e:
         fail(str(e))
     except Exception as e:  # the data went away, the database stayed down, a bug
         fail(f"{type(e).__name__}: {e}", EXIT_RUNTIME)
+    finally:
+        lines.close()
 
 
 @app.command()
@@ -164,7 +170,7 @@ def start(
             log_dir=log_dir,
         ),
     )
-    outcome = _run(session.start, request, worker=False)
+    outcome = _run(session.start, request, worker=False, trials=trials, timeout=timeout)
     if outcome.mode == "queued":
         say(f"study {study} on {mask_url(outcome.url)}: {trials} trial(s) queued for workers")
     _report(outcome)

@@ -308,38 +308,85 @@ class Launcher:
         for slot in self.slots:
             process, log_path = self._spawn(slot)
             self.procs.append(_Proc(slot, process, log_path))
-        with Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            console=self.console,
-            transient=False,
-        ) as progress:
-            task = progress.add_task(self.study.study_name, total=total, info="starting")
-
-            def say(text: str) -> None:
-                progress.console.print(text, highlight=False, soft_wrap=True)
-
+        # A bar on a terminal; in a pipe or a log file, one plain line per change.
+        show = _Bar if self.console.is_terminal else _Lines
+        with show(self.console, self.study.study_name, total) as display:
             while True:
-                self._check_children(say)
+                self._check_children(display.say)
                 if all(p.done for p in self.procs):
                     break
                 if self.stopping and time.monotonic() - self.stop_signal_at > STOP_WAIT_S:
-                    say("workers did not stop in time; killing them")
+                    display.say("workers did not stop in time; killing them")
                     self._signal_children(signal.SIGKILL)
                 try:
                     # The launcher checks for dead workers' trials too, so that a retry is
                     # queued within one poll of the grace period ending.
                     fail_stale(self.study)
-                    remaining = self._remaining()
-                    progress.update(
-                        task, completed=max(0, total - remaining), info=self._describe()
-                    )
+                    display.update(max(0, total - self._remaining()), self._describe())
                 except Exception as e:  # a database blip must not stop the supervision
-                    say(f"progress check failed: {type(e).__name__}: {str(e).splitlines()[0]}")
+                    why = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+                    display.say(f"progress check failed: {why}")
                 time.sleep(self.poll_s)
             remaining = self._remaining()
-            progress.update(task, completed=max(0, total - remaining), info=self._describe())
+            display.update(max(0, total - remaining), self._describe())
         return remaining
+
+
+class _Bar:
+    """Combined progress as a rich bar, for a terminal."""
+
+    def __init__(self, console: Console, name: str, total: int) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self.task = self.progress.add_task(name, total=total, info="starting")
+
+    def __enter__(self) -> _Bar:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def say(self, text: str) -> None:
+        self.progress.console.print(text, highlight=False, soft_wrap=True)
+
+    def update(self, done: int, info: str) -> None:
+        self.progress.update(self.task, completed=done, info=info)
+
+
+class _Lines:
+    """Combined progress as whole plain lines, one each time it changes: a pipe or a log
+    file keeps every line, never a redrawn, cut-off one."""
+
+    def __init__(self, console: Console, name: str, total: int) -> None:
+        self.console, self.name, self.total = console, name, total
+        self.started = time.monotonic()
+        self.last: tuple[int, str] | None = None
+
+    def __enter__(self) -> _Lines:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def say(self, text: str) -> None:
+        self.console.print(text, highlight=False, soft_wrap=True)
+
+    def update(self, done: int, info: str) -> None:
+        if (done, info) == self.last:
+            return
+        self.last = (done, info)
+        elapsed = time.strftime("%H:%M:%S", time.gmtime(time.monotonic() - self.started))
+        self.console.print(
+            f"{self.name}: {done}/{self.total} | {info} | {elapsed}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )

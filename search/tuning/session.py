@@ -40,7 +40,7 @@ from autosearch.search.tuning.launcher import (
     plan_slots,
     visible_gpus,
 )
-from autosearch.search.tuning.objective import Objective, RunConfig
+from autosearch.search.tuning.objective import EpochListener, Objective, RunConfig
 from autosearch.search.tuning.study import (
     MAX_PARAMS_ATTR,
     SPACE_ATTR,
@@ -244,12 +244,14 @@ def start(
     say: Say = lambda _text: None,
     console: Console | None = None,
     on_trial_end: TrialEnd | None = None,
+    on_epoch: EpochListener | None = None,
 ) -> Outcome:
     """Create or resume a study and run `request.trials` trials of it.
 
     With `enqueue_only` the trials are only queued, for `autosearch worker`s. With a
     launching placement they run in worker processes on this machine; otherwise here,
-    calling `on_trial_end(study, trial)` after each one.
+    calling `on_epoch(trial, report)` after each epoch and `on_trial_end(study, trial)`
+    after each trial.
     """
     url, study, space, settings = open_for_start(request)
     placement = request.placement
@@ -266,7 +268,7 @@ def start(
     store_run_settings(study, settings)
     objective = Objective(
         _run_config(space, request.max_params, settings, placement),
-        epoch_listeners=tracking.epoch_listeners,
+        epoch_listeners=[*tracking.epoch_listeners, *filter(None, [on_epoch])],
     )
     _check_device(objective)
     _queue(study, request.trials)
@@ -314,6 +316,7 @@ def join(
     say: Say = lambda _text: None,
     console: Console | None = None,
     on_trial_end: TrialEnd | None = None,
+    on_epoch: EpochListener | None = None,
 ) -> Outcome:
     """Join a study made by `start` and run its queued trials.
 
@@ -364,10 +367,10 @@ def join(
     tracking = _tracking(settings, placement)
     objective = Objective(
         _run_config(space, max_params, settings, placement),
-        epoch_listeners=tracking.epoch_listeners,
+        epoch_listeners=[*tracking.epoch_listeners, *filter(None, [on_epoch])],
     )
     _check_device(objective)
-    if is_sqlite(url):
+    if is_sqlite(url) and index is None:  # joined by hand, perhaps from another machine
         say("note: workers on other machines need PostgreSQL, not SQLite")
     say(
         f"worker {'-' if index is None else index} joins study {request.study} "

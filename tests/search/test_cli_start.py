@@ -40,6 +40,11 @@ def test_start_runs_resumes_and_reports(cifar_dir, tmp_path):
     result = runner.invoke(app, start_args(cifar_dir, tmp_path))
     assert result.exit_code == 0, result.output
     assert "best trial" in result.output
+    # Piped, the run talks in whole lines: one per epoch of a trained trial, one per trial.
+    epochs = [line for line in result.output.splitlines() if " epoch 1/1 val " in line]
+    assert epochs and all("img/s" in line and "| eta " in line for line in epochs)
+    ended = [line for line in result.output.splitlines() if line.startswith("trial ")]
+    assert len(ended) == 4 + len(epochs)
 
     url = f"sqlite:///{tmp_path}/x.db"
     study = optuna.load_study(study_name="zigzag", storage=url)
