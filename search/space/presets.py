@@ -1,4 +1,5 @@
-"""The named search spaces: `zigzag` (the default), `deep-narrow`, `resnet` and `recipe`."""
+"""The named search spaces: `zigzag` (the default), `deep-narrow`, `resnet`, `recipe` and
+`zigzag-cpu`, a CPU-sized `zigzag` for the demo and the search-quality proxy."""
 
 from __future__ import annotations
 
@@ -59,6 +60,22 @@ SPACES: dict[str, SearchSpace] = {
             ema=(0.0, 0.999),
             augments=SEARCHABLE_AUGMENTS,
         ),
+    ),
+    # `zigzag` sized for two CPU cores: a few short trials on a few thousand images, at
+    # a budget near 50,000 parameters (see `make demo` and bench/search_quality.py).
+    # Narrower widths and at most two blocks per stage keep a trial's FLOPs small;
+    # batches of 64-256 give a 2,048-image epoch enough optimizer steps. The seed
+    # configurations are left out: they are 100 times over such a budget.
+    "zigzag-cpu": SearchSpace(
+        name="zigzag-cpu",
+        arch=ArchSpace(
+            stages=(3, 5),
+            widths=(8, 64),
+            repeats=(1, 2),
+            downsamples=(2, 3),
+            stem_widths=(16, 32),
+        ),
+        recipe=RecipeSpace(batch_sizes=(64, 128, 256), epochs=(3, 3)),
     ),
 }
 
