@@ -64,7 +64,8 @@ from autosearch.search.tuning.outcomes import FINISHED
 from autosearch.search.tuning.study import make_pruner, make_sampler, open_study
 from autosearch.search.tuning.worker import run_worker
 from autosearch.storage.optuna_storage import make_storage
-from search_quality_report import plot, table
+
+from bench.search_quality_report import plot, table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -107,7 +108,7 @@ PROXY = Setting(
     subset=2_560,  # 2,048 training and 512 validation images
     val_size=10_000,
     epochs=3,
-    budget_trials=30,
+    budget_trials=20,
     reps=3,
     lanes=2,
     threads=1,
@@ -206,7 +207,7 @@ def run_study(arm: str, rep: int, seed: int, folder: str) -> dict[str, Any]:
     n_train = len(data.train_y)
     budget = budget_images(s, n_train)
     trials: list[dict[str, Any]] = []
-    used, started = 0, time.perf_counter()
+    used, started, cpu = 0, time.perf_counter(), time.process_time()
 
     def record(t: optuna.trial.FrozenTrial) -> None:
         trials.append(_trial_record(t, n_train))
@@ -224,7 +225,13 @@ def run_study(arm: str, rep: int, seed: int, folder: str) -> dict[str, Any]:
             f"images {used:,}/{budget:,}",
             flush=True,
         )
-    return {"arm": arm, "rep": rep, "trials": trials, "wall_s": time.perf_counter() - started}
+    return {
+        "arm": arm,
+        "rep": rep,
+        "trials": trials,
+        "wall_s": time.perf_counter() - started,
+        "cpu_s": time.process_time() - cpu,
+    }
 
 
 def fit_widths(spec: ArchSpec, limit: int) -> tuple[ArchSpec, float]:
@@ -252,7 +259,7 @@ def train_seed(index: int, seed: int) -> dict[str, Any]:
     arch, factor = fit_widths(get_preset(arch_name), s.max_params)
     recipe = get_recipe(recipe_name).replace(epochs=s.epochs)
     torch.manual_seed(seed)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     result = train(build_model(arch), data, recipe, device=s.device, seed=seed)
     print(f"  seed {arch_name} + {recipe_name}: val {result.final_val_acc:.3f}", flush=True)
     return {
@@ -263,6 +270,7 @@ def train_seed(index: int, seed: int) -> dict[str, Any]:
         "value": result.final_val_acc,
         "images": result.epochs_run * images_per_epoch(len(data.train_y), recipe.batch_size),
         "wall_s": time.perf_counter() - started,
+        "cpu_s": time.process_time() - cpu,
     }
 
 
@@ -289,8 +297,8 @@ def run_all(s: Setting, data_dir: str | None, seed: int) -> dict[str, Any]:
                 out = job.result()
                 if "arm" in out:
                     studies.append(out)
-                    print(f"{out['arm']} r{out['rep']}: {len(out['trials'])} trials, "
-                          f"{out['wall_s']:.0f} s", flush=True)  # fmt: skip
+                    name = f"{out['arm']} r{out['rep']}: {len(out['trials'])} trials"
+                    print(f"{name}, {out['wall_s']:.0f} s, {out['cpu_s']:.0f} CPU-s", flush=True)
                 else:
                     seeds.append(out)
     studies.sort(key=lambda r: (s.arms.index(r["arm"]), r["rep"]))
@@ -382,9 +390,12 @@ def main() -> None:
         results["revision"] = _revision()
         stem = out / f"search_quality_{s.mode}"
         stem.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+    cpu = sum(r.get("cpu_s", 0.0) for r in results["studies"] + results["seeds"])
+    lanes = results["setting"]["lanes"]
     text = (
-        f"$ {results['command']}   (revision {results['revision']}, "
-        f"{results['wall_s'] / 60:.1f} min)\n\n{table(results)}"
+        f"$ {results['command']}\nrevision {results['revision']}: {results['wall_s'] / 60:.1f} "
+        f"min wall, {cpu / 60:.1f} CPU-min in the studies (about {cpu / lanes / 60:.0f} min "
+        f"with {lanes} idle core(s))\n\n{table(results)}"
     )
     print("\n" + text)
     stem.with_suffix(".txt").write_text(text + "\n")

@@ -110,17 +110,18 @@ def table(results: dict[str, Any]) -> str:
         "best validation accuracy so far: median (min-max) over the repetitions",
         f"{'arm':<14} {'trials':>6} {'pruned':>7}   "
         + "".join(f"{f'at {c:.0%} of budget':<22}" for c in CHECKPOINTS)
-        + "s/study",
+        + "s/study (CPU-s)",
     ]
     for arm in s["arms"]:
         studies = studies_of(results, arm)
         row = [[best_at(r["trials"], budget * c) for r in studies] for c in CHECKPOINTS]
         n = statistics.median(len(within(r["trials"], budget)) for r in studies)
         wall = statistics.median(r["wall_s"] for r in studies)
+        cpu = statistics.median(r.get("cpu_s", math.nan) for r in studies)
         out.append(
             f"{arm:<14} {n:>6g} {pruned_share(results, arm):>7.0%}   "
             + "".join(f"{_spread(v):<22}" for v in row)
-            + f"{wall:.0f}"
+            + f"{wall:.0f} ({cpu:.0f})"
         )
     out.append("(trials: median count that ended within the budget; pruned: share of its images)")
     out += ["", f"seed configurations of `{s['seed_space']}`, trained once, {s['epochs']} epochs:"]
@@ -220,18 +221,22 @@ def _plot_matplotlib(results: dict[str, Any], path: Path) -> None:
 
 
 def _plot_plotly(results: dict[str, Any], path: Path) -> None:
+    import plotly.colors
     import plotly.graph_objects as go
 
     div, unit = _scale(results["budget"])
     fig = go.Figure()
-    for arm in results["setting"]["arms"]:
+    palette = plotly.colors.qualitative.Plotly
+    for i, arm in enumerate(results["setting"]["arms"]):
         med, lo, hi = _bands(results, arm)
-        xs = [results["budget"] * i / (len(med) - 1) / div for i in range(len(med))]
-        shape = {"shape": "hv"}
-        fig.add_scatter(x=xs, y=hi, line={**shape, "width": 0}, showlegend=False, legendgroup=arm)
-        fig.add_scatter(x=xs, y=lo, line={**shape, "width": 0}, fill="tonexty", opacity=0.2,
-                        showlegend=False, legendgroup=arm)  # fmt: skip
-        fig.add_scatter(x=xs, y=med, name=arm, line={**shape, "width": 2}, legendgroup=arm)
+        xs = [results["budget"] * k / (len(med) - 1) / div for k in range(len(med))]
+        color = palette[i % len(palette)]
+        band = {"shape": "hv", "width": 0, "color": color}
+        fig.add_scatter(x=xs, y=hi, line=band, showlegend=False, legendgroup=arm)
+        fig.add_scatter(x=xs, y=lo, line=band, fill="tonexty", opacity=0.2, showlegend=False,
+                        legendgroup=arm)  # fmt: skip
+        fig.add_scatter(x=xs, y=med, name=arm, line={"shape": "hv", "width": 2, "color": color},
+                        legendgroup=arm)  # fmt: skip
     seeds = [s["value"] for s in results["seeds"]]
     if seeds:
         fig.add_hline(max(seeds), line_dash="dot", line_color="grey")
