@@ -13,6 +13,7 @@ from autosearch.search.tuning.objective import Objective, RunConfig
 from autosearch.search.tuning.outcomes import count_outcomes, top_trials
 from autosearch.search.tuning.study import make_pruner, make_sampler, open_study
 from autosearch.search.tuning.worker import Terminated, run_worker
+from optuna.trial import TrialState
 
 from tests.conftest import tiny_data
 
@@ -104,7 +105,8 @@ def test_infeasible_trials_never_reach_the_trainer_or_the_data(tmp_path):
     assert all(t.constraints["params"] <= 0 for t in feasible)
     assert len(trainer.calls) == len(feasible) == len(loads)
     assert all(call["params"] <= limit for call in trainer.calls)
-    # the best trial is feasible even though infeasible ones are COMPLETE too
+    # Optuna's own tools show no score for them: pruned, without a value
+    assert all(t.state == TrialState.PRUNED and t.value is None for t in infeasible)
     assert study.best_trial.user_attrs["params"] <= limit
 
 
