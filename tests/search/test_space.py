@@ -168,4 +168,3 @@ def test_toml_syntax_error_and_missing_file(tmp_path):
         load_space(write(tmp_path, "[arch\n"))
     with pytest.raises(SpaceError, match="no such space file"):
         load_space(str(tmp_path / "missing.toml"))
-
