@@ -2,7 +2,8 @@
 
 The data settings (source, training subset, validation size, split seed) are fixed when
 the study is made: every trial of a study is scored on the same validation split, so a
-resume that asks for another split is refused, naming each changed setting. The run
+resume that asks for another split is refused (`study.check_compatible`), naming each
+changed setting. The run
 settings (sampler, pruner, heartbeat, deadline, trackers) belong to the latest `start`:
 a change of sampler or pruner is allowed, with a notice.
 """
@@ -157,16 +158,3 @@ def load_data_settings(study: optuna.Study) -> DataSettings:
             f"--study {study.study_name}` once before joining workers to it"
         )
     return data
-
-
-def check_data(study_name: str, stored: DataSettings | None, asked: DataSettings) -> None:
-    """Refuse to resume a study on other data, naming every setting that changed."""
-    if stored is None:
-        return
-    changes = stored.changes(asked)
-    if changes:
-        raise StudyError(
-            f"study {study_name!r} was made with other data settings ({'; '.join(changes)}): "
-            "its trials would be scored on another split; give the study's own values or "
-            "another --study name"
-        )

@@ -6,10 +6,12 @@ Samplers (`tuning.samplers`), pruners (`tuning.pruners`) and the stored settings
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import optuna
 from autosearch.search.space import (
@@ -31,7 +33,6 @@ from autosearch.search.tuning.settings import (
     DataSettings,
     RunSettings,
     StudyError,
-    check_data,
     load_data_settings,
     load_run_settings,
     store_run_settings,
@@ -149,11 +150,11 @@ def open_study(
         )
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
-        check_compatible(study, space, max_params)
-        if data is not None:
-            check_data(name, stored_data_settings(study.user_attrs), data)
-            if DATA_ATTR not in study.user_attrs:  # made before data settings were kept
-                study.set_user_attr(DATA_ATTR, data.to_dict())
+        check_compatible(study, space, max_params, data)
+        if (
+            data is not None and DATA_ATTR not in study.user_attrs
+        ):  # made before data settings were kept
+            study.set_user_attr(DATA_ATTR, data.to_dict())
         return study
     study.set_user_attr(UID_ATTR, uuid.uuid4().hex)
     study.set_user_attr(DATA_ATTR, (data or DataSettings()).to_dict())
@@ -203,7 +204,22 @@ def delete_study(
     return folder
 
 
-def check_compatible(study: optuna.Study, space: SearchSpace, max_params: int) -> None:
+def _differences(old: Any, new: Any, path: str = "") -> list[str]:
+    """'key old -> new' for each leaf that differs between two JSON-like values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        found = []
+        for key in sorted(set(old) | set(new), key=str):
+            where = f"{path}.{key}" if path else str(key)
+            found += _differences(old.get(key), new.get(key), where)
+        return found
+    return [] if old == new else [f"{path} {old!r} -> {new!r}"]
+
+
+def check_compatible(
+    study: optuna.Study, space: SearchSpace, max_params: int, data: DataSettings | None = None
+) -> None:
+    """Refuse to resume `study` with another space, budget or data settings, naming each
+    setting that changed with its old and new value."""
     attrs = study.user_attrs
     for _ in range(50):  # the creator may still be writing its attributes
         if FINGERPRINT_ATTR in attrs:
@@ -214,18 +230,23 @@ def check_compatible(study: optuna.Study, space: SearchSpace, max_params: int) -
         raise StudyError(
             f"study {study.study_name!r} was not created by autosearch (no space recorded)"
         )
+    changes = []
     if attrs[FINGERPRINT_ATTR] != space.fingerprint():
-        stored = attrs.get(SPACE_ATTR, {}).get("name", "?")
-        raise StudyError(
-            f"study {study.study_name!r} was created with space {stored!r} "
-            f"(fingerprint {attrs[FINGERPRINT_ATTR]}), not with space {space.name!r} "
-            f"(fingerprint {space.fingerprint()}); use another --study name or the same "
-            "space and --epochs"
-        )
+        asked = json.loads(json.dumps(space.to_dict()))  # lists, as the stored copy has
+        found = _differences(attrs.get(SPACE_ATTR, {}), asked)
+        changes += [f"space {c}" for c in found[:6]] + (["..."] if len(found) > 6 else [])
+        if not found:
+            changes.append(f"space fingerprint {attrs[FINGERPRINT_ATTR]} -> {space.fingerprint()}")
     if attrs.get(MAX_PARAMS_ATTR) != max_params:
+        changes.append(f"max params {attrs.get(MAX_PARAMS_ATTR)} -> {max_params}")
+    stored = stored_data_settings(attrs)
+    if data is not None and stored is not None:
+        changes += stored.changes(data)
+    if changes:
         raise StudyError(
-            f"study {study.study_name!r} was created with --max-params "
-            f"{attrs.get(MAX_PARAMS_ATTR)}, not {max_params}"
+            f"study {study.study_name!r} was made with other settings ({'; '.join(changes)}); "
+            "resume it with the study's own (space and --epochs, --max-params, --subset, "
+            "--val-size, --seed) or use another --study name"
         )
 
 

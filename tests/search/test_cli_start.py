@@ -94,7 +94,7 @@ def test_resuming_with_another_space_is_refused_and_writes_nothing(cifar_dir, tm
     args[args.index("--epochs") + 1] = "2"
     result = runner.invoke(app, args)
     assert result.exit_code == 2
-    assert "created with space" in result.stderr
+    assert "space recipe.epochs [1, 1] -> [2, 2]" in result.stderr
     assert len(optuna.load_study(study_name="zigzag", storage=url).trials) == 4
 
 

@@ -17,8 +17,6 @@ from autosearch.search.tuning.budget import reserve_trials
 from autosearch.search.tuning.settings import (
     RUN_ATTR,
     DataSettings,
-    StudyError,
-    check_data,
     load_data_settings,
     load_run_settings,
     stored_data_settings,
@@ -111,12 +109,21 @@ def test_resuming_on_other_data_is_refused_naming_each_change_and_writes_nothing
     url = f"sqlite:///{tmp_path}/d.db"
     assert enqueue(tmp_path).exit_code == 0
     before = snapshot(url)
-    refused = enqueue(tmp_path, "--subset", "300", "--val-size", "50", "--seed", "3")
+    refused = enqueue(
+        tmp_path, "--subset", "300", "--val-size", "50", "--seed", "3", "--max-params", "9"
+    )
     assert refused.exit_code == 2, refused.output
     message = refused.stderr.strip()
     assert len(message.splitlines()) == 1
-    for change in ("subset 200 -> 300", "val size 100 -> 50", "split seed 0 -> 3"):
+    changes = (
+        "subset 200 -> 300",
+        "val size 100 -> 50",
+        "split seed 0 -> 3",
+        "params 5000000 -> 9",
+    )
+    for change in changes:
         assert change in message
+    assert "max params 5000000 -> 9" in message
     assert snapshot(url) == before
 
     # Without --seed the study keeps its split seed; a new sampler is only noted.
@@ -133,13 +140,9 @@ def test_data_settings_of_older_studies_and_every_changed_field():
     legacy = {RUN_ATTR: {"sampler": "tpe", "seed": 4, "subset": 500, "val_size": 50}}
     assert stored_data_settings(legacy) == DataSettings(subset=500, val_size=50, split_seed=4)
     assert stored_data_settings({}) is None
-    stored = DataSettings()
-    check_data("s", stored, DataSettings())  # the same: accepted
-    check_data("s", None, DataSettings(subset=20))  # nothing stored: accepted
-    with pytest.raises(StudyError) as info:
-        check_data("s", stored, DataSettings(source="cifar100", subset=1000))
-    assert "source 'cifar10' -> 'cifar100'" in str(info.value)
-    assert "subset None -> 1000" in str(info.value)
+    assert DataSettings().changes(DataSettings()) == []
+    changes = DataSettings().changes(DataSettings(source="cifar100", subset=1000))
+    assert changes == ["source 'cifar10' -> 'cifar100'", "subset None -> 1000"]
 
 
 # ------------------------------------------------------------------------- pruners
