@@ -69,10 +69,22 @@ def _sqlstate(error: SQLAlchemyError) -> str:
 
 def is_transient(error: BaseException) -> bool:
     """Whether `error` (or what it wraps) is a lost or refused connection or a lock wait
-    that ran out: failures that a later attempt of the same call can get past."""
-    db = database_error(error)
-    if db is None:
-        return False
+    that ran out: failures that a later attempt of the same call can get past.
+
+    The whole chain counts: when a server restart drops a connection mid-query, a
+    caller that goes on with the same session (Optuna's `_get_trials` does, on its
+    fallback path) raises "can't reconnect until invalid transaction is rolled back",
+    and only the error under it says the connection was lost.
+    """
+    for e in causes(error):
+        if isinstance(e, IntegrityError):
+            return False
+        if isinstance(e, SQLAlchemyError) and _transient(e):
+            return True
+    return False
+
+
+def _transient(db: SQLAlchemyError) -> bool:
     if isinstance(db, DBAPIError) and db.connection_invalidated:
         return True
     if not isinstance(db, (OperationalError, InterfaceError)):

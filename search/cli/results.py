@@ -30,7 +30,7 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 def _read_only(url: str | None, study: str | None = None):
     """(url, storage, study): reading results needs no heartbeats, must never retry
     somebody's trial, and never creates a storage (a mistyped path is an error)."""
-    from autosearch.search.tuning.session import open_storage
+    from autosearch.search.tuning.running import open_storage
     from autosearch.search.tuning.study import StudyError, load_existing
 
     if study is not None:

@@ -22,7 +22,7 @@ from rich.table import Table
 def _open(storage: str | None, study: str | None = None):
     """The storage for reading (no heartbeats, no retries of anybody's trial; a missing
     SQLite file is an error, not a new file) and the study."""
-    from autosearch.search.tuning.session import open_storage
+    from autosearch.search.tuning.running import open_storage
     from autosearch.search.tuning.study import StudyError, load_existing
 
     if study is not None:

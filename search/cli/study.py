@@ -20,7 +20,7 @@ from autosearch.search.cli.app import (
     fail,
     say,
 )
-from autosearch.search.tuning.study import PRUNERS, SAMPLERS
+from autosearch.search.tuning.settings import PRUNERS, SAMPLERS
 
 # Options that place workers on this machine; `start` and `worker` share them.
 GpusOpt = Annotated[
@@ -100,7 +100,13 @@ def _run(call, request, *, worker: bool, trials: int | None = None, timeout: flo
 @app.command()
 def start(
     study: StudyOpt,
-    preset: Annotated[str | None, typer.Option(help="Space preset if not the study name.")] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="Space preset. Default: the study's name if a preset, else a resumed "
+            "study's own space, else zigzag."
+        ),
+    ] = None,
     space: Annotated[str | None, typer.Option("--space", help="TOML search space file.")] = None,
     trials: Annotated[int, typer.Option(help="Trials to run in this call.", min=0)] = 20,
     timeout: Annotated[
@@ -114,7 +120,13 @@ def start(
     device: DeviceOpt = "auto",
     data_dir: DataDirOpt = None,
     storage: StorageOpt = None,
-    seed: Annotated[int, typer.Option(help="Sampler and training seed.")] = 0,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Sampler seed (and a new study's split seed). Default: from the OS; a "
+            "resumed study keeps its split seed."
+        ),
+    ] = None,
     sampler: Annotated[str, typer.Option(help="|".join(SAMPLERS))] = "tpe",
     pruner: Annotated[str, typer.Option(help="|".join(PRUNERS))] = "median",
     max_params: MaxParamsOpt = DEFAULT_MAX_PARAMS,
@@ -189,8 +201,8 @@ def worker(
     worker_index: Annotated[
         int | None,
         typer.Option(
-            help="Sampler seed offset (study seed + index); default: a fresh seed. With "
-            "--gpus or --workers: the first launched worker's index (one range per machine)."
+            help="This worker's number in logs. With --gpus or --workers: the first "
+            "launched worker's (one range per machine)."
         ),
     ] = None,
     max_restarts: RestartsOpt = 3,

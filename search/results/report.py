@@ -20,9 +20,9 @@ import optuna
 import plotly.offline
 from autosearch.models import DEFAULT_MAX_PARAMS, ArchSpec
 from autosearch.search.results import figures
-from autosearch.search.tuning.outcomes import count_outcomes, outcome, top_trials
+from autosearch.search.tuning.outcomes import PRUNED, count_outcomes, outcome, top_trials
 from autosearch.search.tuning.study import MAX_PARAMS_ATTR, SPACE_ATTR
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 # Section ids, in page order; a renderer check looks for each of them.
 SECTIONS = (
@@ -128,7 +128,7 @@ def build_report(study: optuna.Study, *, top: int = 10) -> str:
     """The report of `study` as one HTML document (a string), plotly embedded."""
     trials = study.get_trials(deepcopy=False)
     feasible = [t for t in trials if outcome(t) == "complete" and t.value is not None]
-    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    pruned = [t for t in trials if outcome(t) == PRUNED]
     max_params = int(study.user_attrs.get(MAX_PARAMS_ATTR, DEFAULT_MAX_PARAMS))
     arch_imp = figures.importances(feasible, arch=True)
     recipe_imp = figures.importances(feasible, arch=False)

@@ -1,10 +1,13 @@
 """Tuning: studies, the objective, the shared trial budget, workers and the launcher.
 
-`outcomes` says how a trial ended and reads results back; `study` makes samplers and
-pruners and creates or resumes a study with its stored settings; `budget` places a
-run's trials in the study as WAITING slots; `objective` turns one trial into a sampled,
-budget-checked, trained and recorded run; `worker` claims and runs trials with a
-heartbeat; `launcher` runs several worker processes on this machine; `checks` refuses a
-bad request before anything is written; `session` is what `autosearch start` and
-`autosearch worker` do, callable without the command line.
+`outcomes` says how a trial ended and reads results back; `settings` holds what a study
+is run with (its data settings, fixed for its life, and the latest run's settings);
+`samplers` gives every trial its own random stream; `pruners` compare a trial only with
+trials of its own epoch budget; `study` creates or resumes a study with its space,
+budget and settings; `budget` places a run's trials in the study as WAITING slots;
+`objective` turns one trial into a sampled, budget-checked, trained and recorded run;
+`worker` claims and runs trials with a heartbeat; `launcher` runs several worker
+processes on this machine; `checks` refuses a bad request before anything is written;
+`requests` and `running` are the data and the running of a session; `session` is what
+`autosearch start` and `autosearch worker` do, callable without the command line.
 """

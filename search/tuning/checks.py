@@ -15,7 +15,7 @@ from autosearch.search.space import SPACES, SearchSpace, SpaceError, get_space, 
 from autosearch.search.training.device import resolve_device
 from autosearch.search.training.sources import DataNotFoundError, locate_cifar10
 from autosearch.search.tuning.launcher import LaunchError, parse_gpus, plan_slots, visible_gpus
-from autosearch.search.tuning.study import PRUNERS, SAMPLERS, StudyError
+from autosearch.search.tuning.settings import PRUNERS, SAMPLERS, StudyError
 from autosearch.search.tuning.tracking import parse_tracks
 from autosearch.storage.names import StudyNameError, check_study_name
 from autosearch.storage.urls import (
@@ -105,8 +105,8 @@ def data_settings(subset: Any, val_size: Any) -> None:
 
 
 def space(study: str, preset: str | None, space_file: str | None) -> SearchSpace | None:
-    """The space from --space, --preset or the study's name; None when it can only be
-    the one stored on an existing study."""
+    """The space from --space, --preset or the study's name; None when it is the one
+    stored on an existing study, or the default preset for a new one."""
     try:
         if space_file is not None:
             return load_space(space_file)
@@ -132,7 +132,8 @@ def start_request(r: Any) -> SearchSpace | None:
     if r.epochs is not None:
         _integer("--epochs", r.epochs, 1, 10_000)
     _integer("--max-params", r.max_params, 1)
-    _integer("--seed", r.seed, 0, MAX_SEED)
+    if r.seed is not None:
+        _integer("--seed", r.seed, 0, MAX_SEED)
     _integer("--heartbeat", r.heartbeat, 1)
     _integer("--grace", r.grace, r.heartbeat + 1)
     if r.sampler not in SAMPLERS:
@@ -142,13 +143,7 @@ def start_request(r: Any) -> SearchSpace | None:
     parse_tracks(r.track)
     data_settings(r.subset, r.val_size)
     chosen = space(r.study, r.preset, r.space_file)
-    url = storage_url(r.storage, shared=r.enqueue_only or r.placement.launching, must_exist=False)
-    path = sqlite_file(url) if is_sqlite(url) else None
-    if chosen is None and path is not None and not path.is_file():
-        raise StudyError(
-            f"study {r.study!r} is new and not a preset name: pass --preset "
-            f"({', '.join(SPACES)}) or --space FILE"
-        )
+    storage_url(r.storage, shared=r.enqueue_only or r.placement.launching, must_exist=False)
     placement(r.placement, needs_data=not r.enqueue_only)
     return chosen
 

@@ -173,8 +173,13 @@ class Objective:
         arch, recipe, shrink = self.suggest(trial)
         params = _record_config(trial, arch, recipe, shrink, self.config.max_params)
         if params > self.config.max_params:
+            # Ended as PRUNED with no value, not COMPLETE with a made-up score: Optuna's
+            # own tools (optuna-dashboard, `optuna trials`) then show no accuracy for
+            # it, and TPE still ranks it below every feasible trial by its constraint.
             trial.set_user_attr("stopped", INFEASIBLE)
-            return 0.0
+            raise optuna.TrialPruned(
+                f"{params:,} parameters, over the limit of {self.config.max_params:,}"
+            )
         trial.set_user_attr("device", _device_name(self.device))
         # Which process runs it: to find the log, or the process, of a trial gone wrong.
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")

@@ -28,8 +28,11 @@ class TrialFailed(Exception):
 def outcome(trial: FrozenTrial) -> str:
     """complete, pruned, infeasible, failed, running, waiting or parked."""
     why = trial.user_attrs.get("stopped")
+    # Infeasible trials end PRUNED; studies from before that ended them COMPLETE at 0.
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED) and why == INFEASIBLE:
+        return INFEASIBLE
     if trial.state == TrialState.COMPLETE:
-        return INFEASIBLE if why == INFEASIBLE else "complete"
+        return "complete"
     if trial.state == TrialState.PRUNED:
         return PRUNED
     if trial.state == TrialState.FAIL:

@@ -4,226 +4,112 @@ A session validates its request (`tuning.checks`: the study name, every number, 
 space, the device, the data and the storage URL) before it opens or creates anything,
 then opens the storage, creates or resumes the study (or joins one), queues the trial
 budget and runs the trials: in this process, or in worker processes placed on this
-machine's GPUs or CPU cores by the launcher. Nothing is printed here: messages go to a
-`say` callback and the launcher's console, and every refusal is a `StudyError` whose
-message names the bad value.
+machine's GPUs or CPU cores by the launcher (`tuning.running`). Nothing is printed
+here: messages go to a `say` callback and the launcher's console, and every refusal is
+a `StudyError` whose message names the bad value.
 
 Example:
-    >>> request = StartRequest(study="demo", preset="zigzag", trials=4)  # doctest: +SKIP
+    >>> request = StartRequest(study="demo", trials=4)  # doctest: +SKIP
     >>> outcome = start(request)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import secrets
-import signal
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from typing import NamedTuple
 
 import optuna
-from autosearch.models import DEFAULT_MAX_PARAMS
-from autosearch.search.space import (
-    SearchSpace,
-    space_from_stored,
-    with_epochs,
-)
+from autosearch.search.space import SearchSpace, space_from_stored, with_epochs
 from autosearch.search.tuning import checks
 from autosearch.search.tuning.budget import reserve_trials
-from autosearch.search.tuning.launcher import (
-    Launcher,
-    LaunchError,
-    Slot,
-    parse_gpus,
-    plan_slots,
-    visible_gpus,
-)
 from autosearch.search.tuning.objective import EpochListener, Objective, RunConfig
+from autosearch.search.tuning.requests import JoinRequest, Outcome, Placement, StartRequest
+from autosearch.search.tuning.running import (
+    Say,
+    TrialEnd,
+    check_device,
+    launch,
+    open_storage,
+    plan,
+    run_here,
+)
+from autosearch.search.tuning.settings import (
+    DEFAULT_SPLIT_SEED,
+    DataSettings,
+    RunSettings,
+    load_data_settings,
+    load_run_settings,
+    store_run_settings,
+    stored_data_settings,
+    stored_run_settings,
+)
 from autosearch.search.tuning.study import (
     MAX_PARAMS_ATTR,
     SPACE_ATTR,
-    RunSettings,
-    StudyError,
     choose_space,
     load_existing,
-    load_run_settings,
     make_pruner,
     make_sampler,
     open_study,
-    sampler_seed,
-    store_run_settings,
     study_uid,
 )
 from autosearch.search.tuning.tracking import Tracking, parse_tracks
-from autosearch.search.tuning.worker import (
-    LauncherGone,
-    Terminated,
-    fail_stale,
-    follow_launcher,
-    run_worker,
-)
-from autosearch.storage.optuna_storage import PermanentStorageError, close_storage, make_storage
-from autosearch.storage.urls import StorageURLError, is_sqlite, mask_url, resolve_url
-from optuna.trial import FrozenTrial
+from autosearch.search.tuning.worker import fail_stale, follow_launcher
+from autosearch.storage.optuna_storage import close_storage
+from autosearch.storage.urls import is_sqlite, mask_url
 from rich.console import Console
 
-Say = Callable[[str], None]
-TrialEnd = Callable[[optuna.Study, FrozenTrial], None]
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where this machine runs trials: one process here, or launched worker processes.
-
-    `gpus` ("all" or indices like "0,1") with `workers_per_gpu` (a number or "auto")
-    launches GPU workers; `workers` > 1 launches CPU workers; otherwise the trials run
-    in this process on `device`.
-    """
-
-    gpus: str | None = None
-    workers_per_gpu: str = "1"
-    workers: int = 1
-    device: str = "auto"
-    data_dir: str | None = None
-    checkpoint_dir: str = "checkpoints"
-    max_restarts: int = 3
-    log_dir: str = "logs"
-    track: tuple[str, ...] | None = None  # this machine's trackers; None: the study's
-
-    @property
-    def launching(self) -> bool:
-        return self.gpus is not None or self.workers > 1
-
-    def worker_args(self, study: str) -> list[str]:
-        """The flags of `autosearch worker` that are this machine's business."""
-        args = ["--study", study, "--device", self.device, "--checkpoint-dir", self.checkpoint_dir]
-        if self.data_dir is not None:
-            args += ["--data-dir", self.data_dir]
-        if self.track is not None:
-            args += [a for spec in self.track or ("none",) for a in ("--track", spec)]
-        return args
-
-
-@dataclass(frozen=True)
-class StartRequest:
-    """Everything `autosearch start` is asked to do.
-
-    The space is `space_file` (TOML), else `preset`, else the study's own name as a
-    preset, else the space stored on an existing study.
-    """
-
-    study: str
-    storage: str | None = None
-    preset: str | None = None
-    space_file: str | None = None
-    trials: int = 20
-    timeout: float | None = None  # s after which no new trial starts
-    epochs: int | None = None  # pins the space's epoch range
-    max_params: int = DEFAULT_MAX_PARAMS
-    sampler: str = "tpe"
-    pruner: str = "median"
-    seed: int = 0
-    subset: int | None = None
-    val_size: int = 10_000
-    heartbeat: int = 30
-    grace: int = 120
-    placement: Placement = field(default_factory=Placement)
-    enqueue_only: bool = False
-    track: tuple[str, ...] = ()  # "mlflow:URI", "tensorboard:DIR"; stored for the workers
-
-
-@dataclass(frozen=True)
-class JoinRequest:
-    """Everything `autosearch worker` is asked to do; the rest comes from the study."""
-
-    study: str
-    storage: str | None = None
-    # Set by the launcher; None draws a fresh seed. With a launching placement: the
-    # first launched worker's index.
-    worker_index: int | None = None
-    placement: Placement = field(default_factory=Placement)
-
-
-@dataclass
-class Outcome:
-    """How a session ended.
-
-    `mode` is "queued" (only enqueued), "here" (ran in this process) or "launched".
-    `left` counts trials still WAITING or RUNNING after launched workers stopped.
-    """
-
-    study: optuna.Study
-    url: str
-    mode: str
-    trials_run: int = 0
-    interrupted: bool = False
-    left: int = 0
-    timed_out: bool = False
-    crashes: int = 0
-    restarts: int = 0
-    given_up: list[Slot] = field(default_factory=list)
-    log_dir: Path | None = None
-
-
-# --------------------------------------------------------------------------- opening
-
-
-def open_storage(url: str | None, **kwargs) -> tuple[str, optuna.storages.RDBStorage]:
-    """The resolved URL and the storage it names; `kwargs` go to `make_storage` (pass
-    ``create=False`` to read or join: a missing SQLite file is then refused, not made)."""
-    try:
-        resolved = resolve_url(url)
-        return resolved, make_storage(resolved, **kwargs)
-    except (PermanentStorageError, StorageURLError, ValueError) as e:
-        raise StudyError(str(e)) from None
-    # Any other StorageError (the server is down) is raised as it is: a runtime error,
-    # for which a launcher restarts the worker.
-
-
-def plan(placement: Placement, *, first_index: int = 0) -> list[Slot]:
-    """The worker processes `placement` asks for, numbered from `first_index`, or a
-    `StudyError`."""
-    try:
-        chosen = parse_gpus(placement.gpus, visible_gpus()) if placement.gpus is not None else None
-        return plan_slots(
-            chosen, placement.workers_per_gpu, placement.workers, first_index=first_index
-        )
-    except LaunchError as e:
-        raise StudyError(str(e)) from None
-
-
-def _check_device(objective: Objective) -> None:
-    try:
-        objective.device  # noqa: B018 - resolve now so a bad --device fails before trials
-    except ValueError as e:
-        raise StudyError(str(e)) from None
+__all__ = [
+    "JoinRequest",
+    "Outcome",
+    "Placement",
+    "StartRequest",
+    "join",
+    "open_for_start",
+    "open_storage",
+    "start",
+]
 
 
 # ------------------------------------------------------------------------------ start
 
 
-def open_for_start(request: StartRequest) -> tuple[str, optuna.Study, SearchSpace, RunSettings]:
-    """Validate `request`, then create or resume its study; nothing is queued yet."""
+class Opened(NamedTuple):
+    """A study opened for `start`: created, or resumed with the same space and data."""
+
+    url: str
+    study: optuna.Study
+    space: SearchSpace
+    settings: RunSettings
+    data: DataSettings
+    notice: str | None  # a changed sampler or pruner, said before the trials run
+
+
+def _asked_data(request: StartRequest, stored: DataSettings | None) -> DataSettings:
+    # Without --seed a resumed study keeps its split seed; the sampler seeds from the OS.
+    seed = request.seed
+    if seed is None:
+        seed = stored.split_seed if stored is not None else DEFAULT_SPLIT_SEED
+    return DataSettings(subset=request.subset, val_size=request.val_size, split_seed=seed)
+
+
+def open_for_start(request: StartRequest) -> Opened:
+    """Validate `request`, then create or resume its study; nothing is queued yet.
+
+    A resume with another space, budget or data settings is refused before anything is
+    written; one with another sampler or pruner is allowed, with a notice.
+    """
     r = request
     given = checks.start_request(r)
-    # Without a space of its own the study must exist already: open, never create.
-    url, rdb = open_storage(
-        r.storage, heartbeat_interval=r.heartbeat, grace_period=r.grace, create=given is not None
-    )
+    url, rdb = open_storage(r.storage, heartbeat_interval=r.heartbeat, grace_period=r.grace)
     space = with_epochs(given or choose_space(r.study, None, None, rdb), r.epochs)
-    settings = RunSettings(
-        sampler=r.sampler,
-        pruner=r.pruner,
-        seed=r.seed,
-        subset=r.subset,
-        val_size=r.val_size,
-        heartbeat_interval=r.heartbeat,
-        grace_period=r.grace,
-        deadline=time.time() + r.timeout if r.timeout is not None else None,
-        track=parse_tracks(r.track),
-    )
+    previous = None
+    stored_data = None
+    if r.study in optuna.get_all_study_names(rdb):
+        attrs = optuna.load_study(study_name=r.study, storage=rdb).user_attrs
+        stored_data = stored_data_settings(attrs)
+        previous = stored_run_settings(attrs)
+    data = _asked_data(r, stored_data)
     study = open_study(
         r.study,
         rdb,
@@ -231,11 +117,19 @@ def open_for_start(request: StartRequest) -> tuple[str, optuna.Study, SearchSpac
         sampler=make_sampler(r.sampler, r.seed),
         pruner=make_pruner(r.pruner, space.recipe.epochs[1]),
         max_params=r.max_params,
+        data=data,
     )
     study_uid(study)  # a study made before identities existed gets one before any worker
-    finished = len(study.get_trials(deepcopy=False))
-    study.sampler = make_sampler(r.sampler, sampler_seed(r.seed, finished=finished))
-    return url, study, space, settings
+    settings = RunSettings(
+        sampler=r.sampler,
+        pruner=r.pruner,
+        seed=r.seed,
+        heartbeat_interval=r.heartbeat,
+        grace_period=r.grace,
+        deadline=time.time() + r.timeout if r.timeout is not None else None,
+        track=parse_tracks(r.track),
+    )
+    return Opened(url, study, space, settings, data, settings.notice(previous))
 
 
 def start(
@@ -253,8 +147,10 @@ def start(
     calling `on_epoch(trial, report)` after each epoch and `on_trial_end(study, trial)`
     after each trial.
     """
-    url, study, space, settings = open_for_start(request)
+    url, study, space, settings, data, notice = open_for_start(request)
     placement = request.placement
+    if notice is not None:
+        say(notice)
     if request.enqueue_only:
         store_run_settings(study, settings)
         _queue(study, request.trials)
@@ -267,10 +163,10 @@ def start(
     tracking = _tracking(settings, placement)
     store_run_settings(study, settings)
     objective = Objective(
-        _run_config(space, request.max_params, settings, placement),
+        _run_config(space, request.max_params, data, placement),
         epoch_listeners=[*tracking.epoch_listeners, *filter(None, [on_epoch])],
     )
-    _check_device(objective)
+    check_device(objective)
     _queue(study, request.trials)
     say(
         f"study {request.study} space {space.name} ({space.fingerprint()}) on "
@@ -293,16 +189,16 @@ def _queue(study: optuna.Study, trials: int) -> None:
 
 
 def _run_config(
-    space: SearchSpace, max_params: int, settings: RunSettings, placement: Placement
+    space: SearchSpace, max_params: int, data: DataSettings, placement: Placement
 ) -> RunConfig:
     return RunConfig(
         space=space,
         max_params=max_params,
         device=placement.device,
         data_dir=placement.data_dir,
-        subset=settings.subset,
-        val_size=settings.val_size,
-        seed=settings.seed,
+        subset=data.subset,
+        val_size=data.val_size,
+        seed=data.split_seed,
         checkpoint_dir=placement.checkpoint_dir,
     )
 
@@ -330,6 +226,7 @@ def join(
     try:
         found = load_existing(request.study, probe)
         settings = load_run_settings(found)
+        data = load_data_settings(found)
         space = space_from_stored(found.user_attrs[SPACE_ATTR])
         max_params = int(found.user_attrs[MAX_PARAMS_ATTR])
     finally:
@@ -344,32 +241,26 @@ def join(
     if placement.launching:
         _tracking(settings, placement)  # a bad --track fails here, not in every worker
         # Launchers on several machines (a Slurm array) are told apart by the index they
-        # are given: their workers' seeds and log names must not collide.
+        # are given: their workers' log names must not collide.
         slots = plan(placement, first_index=request.worker_index or 0)
         joined = optuna.load_study(study_name=request.study, storage=rdb)
         return launch(joined, url, slots, placement, say=say, console=console)
 
+    # Each trial samples from its own stream (`tuning.samplers`): workers, whatever
+    # their index, never share one.
     joined = optuna.load_study(
         study_name=request.study,
         storage=rdb,
+        sampler=make_sampler(settings.sampler, settings.seed),
         pruner=make_pruner(settings.pruner, space.recipe.epochs[1]),
     )
-    # Workers started together see the same trial count: the index keeps them apart. A
-    # worker joined by hand has no index and draws a random one, so that two of them
-    # never share a seed.
     index = request.worker_index
-    seed = sampler_seed(
-        settings.seed,
-        finished=len(joined.get_trials(deepcopy=False)),
-        worker=1 + index if index is not None else secrets.randbits(31) + 1,
-    )
-    joined.sampler = make_sampler(settings.sampler, seed)
     tracking = _tracking(settings, placement)
     objective = Objective(
-        _run_config(space, max_params, settings, placement),
+        _run_config(space, max_params, data, placement),
         epoch_listeners=[*tracking.epoch_listeners, *filter(None, [on_epoch])],
     )
-    _check_device(objective)
+    check_device(objective)
     if is_sqlite(url) and index is None:  # joined by hand, perhaps from another machine
         say("note: workers on other machines need PostgreSQL, not SQLite")
     say(
@@ -377,82 +268,3 @@ def join(
         f"on {mask_url(url)}, device {objective.device}"
     )
     return run_here(joined, url, objective, settings.deadline, tracking.chain(on_trial_end))
-
-
-# ---------------------------------------------------------------------------- running
-
-
-def _interrupt_on_sigterm() -> None:
-    # `kill`, `docker stop`, a Slurm preemption and a Kubernetes eviction send SIGTERM:
-    # the running trial is failed and queued again at once (see `Terminated`) instead of
-    # being left RUNNING until its heartbeat grace runs out. Only the first one counts:
-    # Slurm signals every process of a job, and the launcher passes its own on as well.
-    def handler(_signum, _frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Terminated("stopped by SIGTERM; queued again to resume from its checkpoint")
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)
-
-
-def run_here(
-    study: optuna.Study,
-    url: str,
-    objective: Objective,
-    deadline: float | None,
-    on_trial_end: TrialEnd | None = None,
-) -> Outcome:
-    """Run trials in this process until the study's queue is empty or `deadline`.
-
-    Ctrl-C or SIGTERM marks the running trial failed and ends with `interrupted`; after
-    SIGTERM the trial is queued again, to resume from its checkpoint.
-    """
-    _interrupt_on_sigterm()
-    callback = (lambda t: on_trial_end(study, t)) if on_trial_end is not None else None
-    try:
-        done = run_worker(study, objective, deadline=deadline, on_trial_end=callback)
-    except (KeyboardInterrupt, LauncherGone):
-        return Outcome(study, url, "here", interrupted=True)
-    return Outcome(study, url, "here", trials_run=done)
-
-
-def launch(
-    study: optuna.Study,
-    url: str,
-    slots: list[Slot],
-    placement: Placement,
-    *,
-    say: Say = lambda _text: None,
-    console: Console | None = None,
-) -> Outcome:
-    """Run `slots` as worker processes until the study's queue is done."""
-    log_dir = Path(placement.log_dir) / study.study_name
-    where = ", ".join(sorted({s.gpu for s in slots if s.gpu is not None})) or "CPU"
-    say(
-        f"study {study.study_name} on {mask_url(url)}: {len(slots)} worker(s) on {where}; "
-        f"logs in {log_dir}"
-    )
-    launcher = Launcher(
-        study,
-        slots,
-        placement.worker_args(study.study_name),
-        storage_url=url,
-        log_dir=log_dir,
-        max_restarts=placement.max_restarts,
-        poll_s=min(2.0, float(study._storage.get_heartbeat_interval() or 2.0)),
-        console=console,
-    )
-    left = launcher.run()
-    deadline = load_run_settings(study).deadline
-    return Outcome(
-        study,
-        url,
-        "launched",
-        interrupted=launcher.stopping,
-        left=left,
-        timed_out=deadline is not None and deadline <= time.time(),
-        crashes=launcher.crashes,
-        restarts=launcher.restarts,
-        given_up=list(launcher.given_up),
-        log_dir=log_dir,
-    )

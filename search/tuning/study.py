@@ -1,16 +1,18 @@
-"""Studies: samplers, pruners, creating or resuming a study, and its stored settings."""
+"""Studies: creating or resuming one, its space, budget, data settings and identity.
+
+Samplers (`tuning.samplers`), pruners (`tuning.pruners`) and the stored settings
+(`tuning.settings`) live in their own modules; their public names are here too.
+"""
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 import uuid
-import warnings
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 from autosearch.search.space import (
     SPACES,
@@ -21,12 +23,52 @@ from autosearch.search.space import (
     seed_params,
     space_from_stored,
 )
+from autosearch.search.tuning.pruners import make_pruner
+from autosearch.search.tuning.samplers import make_sampler
+from autosearch.search.tuning.settings import (
+    DATA_ATTR,
+    PRUNERS,
+    RUN_ATTR,
+    SAMPLERS,
+    DataSettings,
+    RunSettings,
+    StudyError,
+    load_data_settings,
+    load_run_settings,
+    store_run_settings,
+    stored_data_settings,
+    stored_run_settings,
+)
 
-SAMPLERS = ("tpe", "random", "cmaes", "gp")
+__all__ = [
+    "DATA_ATTR",
+    "FINGERPRINT_ATTR",
+    "MAX_PARAMS_ATTR",
+    "PRUNERS",
+    "RUN_ATTR",
+    "SAMPLERS",
+    "SEED_ATTR",
+    "SPACE_ATTR",
+    "UID_ATTR",
+    "DataSettings",
+    "RunSettings",
+    "StudyError",
+    "check_compatible",
+    "choose_space",
+    "delete_study",
+    "load_data_settings",
+    "load_existing",
+    "load_run_settings",
+    "make_pruner",
+    "make_sampler",
+    "open_study",
+    "store_run_settings",
+    "stored_run_settings",
+    "stored_space_name",
+    "study_uid",
+]
 
-
-PRUNERS = ("median", "hyperband", "sha", "none")
-
+DEFAULT_PRESET = "zigzag"  # the space of a new study that names none
 
 SPACE_ATTR = "space"
 
@@ -37,17 +79,10 @@ FINGERPRINT_ATTR = "space_fingerprint"
 MAX_PARAMS_ATTR = "max_params"
 
 
-RUN_ATTR = "run_settings"
-
-
 SEED_ATTR = "seed_config"  # user attribute of enqueued seed trials: index into space.seeds
 
 
 UID_ATTR = "study_uid"  # a UUID made with the study: its identity beyond name and storage
-
-
-class StudyError(ValueError):
-    """A study cannot be created or resumed as asked."""
 
 
 # ---------------------------------------------------------------------- opening
@@ -67,7 +102,8 @@ def load_existing(name: str, storage: optuna.storages.BaseStorage) -> optuna.Stu
 def choose_space(
     study_name: str, preset: str | None, space_file: str | None, storage
 ) -> SearchSpace:
-    """--space FILE, else --preset, else the study's name as a preset, else the stored one."""
+    """--space FILE, else --preset, else the study's name as a preset, else the space
+    stored on the existing study, else `DEFAULT_PRESET` for a new one."""
     try:
         if space_file is not None:
             return load_space(space_file)
@@ -81,62 +117,8 @@ def choose_space(
         stored = optuna.load_study(study_name=study_name, storage=storage).user_attrs
         if SPACE_ATTR in stored:
             return space_from_stored(stored[SPACE_ATTR])
-    raise StudyError(
-        f"study {study_name!r} is new and not a preset name: pass --preset "
-        f"({', '.join(SPACES)}) or --space FILE"
-    )
-
-
-def make_sampler(name: str, seed: int | None = None) -> optuna.samplers.BaseSampler:
-    """The sampler called `name`, seeded so that the same seed gives the same trials."""
-    if name == "tpe":
-        # multivariate + group model the conditional parameters (per-stage widths exist
-        # only for the drawn stage count); constant_liar spreads parallel workers apart.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(
-                seed=seed,
-                multivariate=True,
-                group=True,
-                constant_liar=True,
-                n_startup_trials=10,
-            )
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "cmaes":
-        # CMA-ES handles the numeric parameters; categorical ones fall back to random.
-        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    raise StudyError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
-
-
-def sampler_seed(seed: int, *, finished: int, worker: int = 0) -> int:
-    """The sampler seed for a process that joins a study holding `finished` trials.
-
-    A fresh study's first process uses `seed` itself, so one seed gives one sequence
-    of trials. A resumed study or a second worker mixes in the trial count and the
-    worker index; otherwise a rerun with the same --seed would draw the same random
-    start-up trials again, and parallel workers would draw each other's.
-    """
-    if finished == 0 and worker == 0:
-        return seed
-    return int(np.random.SeedSequence([seed, finished, worker]).generate_state(1)[0])
-
-
-def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
-    """The pruner called `name`; the resource is the epoch (1 to `max_epochs`)."""
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(
-            min_resource=1, max_resource=max(max_epochs, 1), reduction_factor=3
-        )
-    if name == "sha":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
-    if name == "none":
-        return optuna.pruners.NopPruner()
-    raise StudyError(f"unknown pruner {name!r}; choose from {', '.join(PRUNERS)}")
+        raise StudyError(f"study {study_name!r} was not created by autosearch (no space recorded)")
+    return SPACES[DEFAULT_PRESET]
 
 
 def open_study(
@@ -147,12 +129,15 @@ def open_study(
     sampler: optuna.samplers.BaseSampler | None = None,
     pruner: optuna.pruners.BasePruner | None = None,
     max_params: int = 5_000_000,
+    data: DataSettings | None = None,
 ) -> optuna.Study:
-    """Create the study, or resume it when it exists with the same space and budget.
+    """Create the study, or resume it when it exists with the same space, budget and
+    data settings (`data` None: the defaults on a new study, any on an existing one).
 
     Only the process that creates the study enqueues the space's seed configurations,
-    so they run once however many workers join. Resuming with another space or budget
-    raises `StudyError` before anything is written.
+    so they run once however many workers join. Resuming with another space, budget
+    or data settings raises `StudyError`, naming each change, before anything is
+    written.
     """
     try:
         study = optuna.create_study(
@@ -165,9 +150,14 @@ def open_study(
         )
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
-        check_compatible(study, space, max_params)
+        check_compatible(study, space, max_params, data)
+        if (
+            data is not None and DATA_ATTR not in study.user_attrs
+        ):  # made before data settings were kept
+            study.set_user_attr(DATA_ATTR, data.to_dict())
         return study
     study.set_user_attr(UID_ATTR, uuid.uuid4().hex)
+    study.set_user_attr(DATA_ATTR, (data or DataSettings()).to_dict())
     study.set_user_attr(SPACE_ATTR, space.to_dict())
     study.set_user_attr(MAX_PARAMS_ATTR, max_params)
     for i, params in enumerate(seed_params(space)):
@@ -214,7 +204,22 @@ def delete_study(
     return folder
 
 
-def check_compatible(study: optuna.Study, space: SearchSpace, max_params: int) -> None:
+def _differences(old: Any, new: Any, path: str = "") -> list[str]:
+    """'key old -> new' for each leaf that differs between two JSON-like values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        found = []
+        for key in sorted(set(old) | set(new), key=str):
+            where = f"{path}.{key}" if path else str(key)
+            found += _differences(old.get(key), new.get(key), where)
+        return found
+    return [] if old == new else [f"{path} {old!r} -> {new!r}"]
+
+
+def check_compatible(
+    study: optuna.Study, space: SearchSpace, max_params: int, data: DataSettings | None = None
+) -> None:
+    """Refuse to resume `study` with another space, budget or data settings, naming each
+    setting that changed with its old and new value."""
     attrs = study.user_attrs
     for _ in range(50):  # the creator may still be writing its attributes
         if FINGERPRINT_ATTR in attrs:
@@ -225,74 +230,24 @@ def check_compatible(study: optuna.Study, space: SearchSpace, max_params: int) -
         raise StudyError(
             f"study {study.study_name!r} was not created by autosearch (no space recorded)"
         )
+    changes = []
     if attrs[FINGERPRINT_ATTR] != space.fingerprint():
-        stored = attrs.get(SPACE_ATTR, {}).get("name", "?")
-        raise StudyError(
-            f"study {study.study_name!r} was created with space {stored!r} "
-            f"(fingerprint {attrs[FINGERPRINT_ATTR]}), not with space {space.name!r} "
-            f"(fingerprint {space.fingerprint()}); use another --study name or the same "
-            "space and --epochs"
-        )
+        asked = json.loads(json.dumps(space.to_dict()))  # lists, as the stored copy has
+        found = _differences(attrs.get(SPACE_ATTR, {}), asked)
+        changes += [f"space {c}" for c in found[:6]] + (["..."] if len(found) > 6 else [])
+        if not found:
+            changes.append(f"space fingerprint {attrs[FINGERPRINT_ATTR]} -> {space.fingerprint()}")
     if attrs.get(MAX_PARAMS_ATTR) != max_params:
+        changes.append(f"max params {attrs.get(MAX_PARAMS_ATTR)} -> {max_params}")
+    stored = stored_data_settings(attrs)
+    if data is not None and stored is not None:
+        changes += stored.changes(data)
+    if changes:
         raise StudyError(
-            f"study {study.study_name!r} was created with --max-params "
-            f"{attrs.get(MAX_PARAMS_ATTR)}, not {max_params}"
+            f"study {study.study_name!r} was made with other settings ({'; '.join(changes)}); "
+            "resume it with the study's own (space and --epochs, --max-params, --subset, "
+            "--val-size, --seed) or use another --study name"
         )
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """What every worker of a study must agree on, stored on the study by `start`.
-
-    A worker that joins with `autosearch worker` reads these, so it needs only
-    machine-local flags (data folder, GPUs, checkpoint folder).
-    """
-
-    sampler: str = "tpe"
-    pruner: str = "median"
-    seed: int = 0  # worker i samples with seed + i; trials train with seed + trial number
-    subset: int | None = None  # stratified training subset; None: all 50,000 images
-    val_size: int = 10_000
-    heartbeat_interval: int = 30  # s between heartbeats of a running trial
-    grace_period: int = 120  # s without a heartbeat before a trial counts as dead
-    deadline: float | None = None  # time.time() after which no worker starts a trial
-    track: tuple[str, ...] = ()  # experiment trackers, "mlflow:URI" / "tensorboard:DIR"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "track", tuple(self.track))  # a list after JSON
-        if self.sampler not in SAMPLERS:
-            raise StudyError(f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
-        if self.pruner not in PRUNERS:
-            raise StudyError(f"unknown pruner {self.pruner!r}; choose from {', '.join(PRUNERS)}")
-        if self.grace_period <= self.heartbeat_interval:
-            raise StudyError(
-                f"grace period {self.grace_period} s must exceed the heartbeat interval "
-                f"{self.heartbeat_interval} s, or live trials would be failed as dead"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RunSettings:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-
-def store_run_settings(study: optuna.Study, settings: RunSettings) -> None:
-    """Record the settings of this run; the latest `start` of a study defines them."""
-    study.set_user_attr(RUN_ATTR, settings.to_dict())
-
-
-def load_run_settings(study: optuna.Study) -> RunSettings:
-    """The settings `start` stored on `study`; `StudyError` if there are none."""
-    data = study.user_attrs.get(RUN_ATTR)
-    if data is None:
-        raise StudyError(
-            f"study {study.study_name!r} holds no run settings; run `autosearch start "
-            f"--study {study.study_name}` once before joining workers to it"
-        )
-    return RunSettings.from_dict(data)
 
 
 def stored_space_name(study: optuna.Study) -> str | None:

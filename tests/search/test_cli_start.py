@@ -94,8 +94,21 @@ def test_resuming_with_another_space_is_refused_and_writes_nothing(cifar_dir, tm
     args[args.index("--epochs") + 1] = "2"
     result = runner.invoke(app, args)
     assert result.exit_code == 2
-    assert "created with space" in result.stderr
+    assert "space recipe.epochs [1, 1] -> [2, 2]" in result.stderr
     assert len(optuna.load_study(study_name="zigzag", storage=url).trials) == 4
+
+
+def test_a_study_is_named_freely_and_a_preset_name_picks_its_space(cifar_dir, tmp_path):
+    url = f"sqlite:///{tmp_path}/x.db"
+    for name, space in (("my-first-run", "zigzag"), ("deep-narrow", "deep-narrow")):
+        args = start_args(cifar_dir, tmp_path)
+        args[args.index("--study") + 1] = name
+        args[args.index("--trials") + 1] = "1"  # a seed trial, infeasible at 400k
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        study = optuna.load_study(study_name=name, storage=url)
+        assert study.user_attrs["space"]["name"] == space
+        assert sum(t.state.is_finished() for t in study.trials) == 1
 
 
 def test_bad_options_fail_with_one_line(cifar_dir, tmp_path):
@@ -107,8 +120,9 @@ def test_bad_options_fail_with_one_line(cifar_dir, tmp_path):
         result = runner.invoke(app, start_args(cifar_dir, tmp_path, *extra))
         assert result.exit_code == 2, result.output
         assert word in result.stderr
-    result = runner.invoke(app, ["start", "--study", "mine", "--storage", f"{tmp_path}/y.db"])
-    assert result.exit_code == 2 and "--preset" in result.stderr
+    args = ["start", "--study", "mine", "--preset", "nope", "--storage", f"{tmp_path}/y.db"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "'nope'" in result.stderr
     assert not (tmp_path / "y.db").exists()  # refused before the storage was made
     url = f"sqlite:///{tmp_path}/x.db"
     optuna.create_study(study_name="other", storage=url)

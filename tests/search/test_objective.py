@@ -13,6 +13,7 @@ from autosearch.search.tuning.objective import Objective, RunConfig
 from autosearch.search.tuning.outcomes import count_outcomes, top_trials
 from autosearch.search.tuning.study import make_pruner, make_sampler, open_study
 from autosearch.search.tuning.worker import Terminated, run_worker
+from optuna.trial import TrialState
 
 from tests.conftest import tiny_data
 
@@ -78,7 +79,7 @@ def make_study(space, *, pruner="none", limit=5_000_000, seed=0):
 
 def test_infeasible_trials_never_reach_the_trainer_or_the_data(tmp_path):
     space = small_space(fit_budget=False)
-    limit = 20_000  # most samples of 8-32 wide nets exceed this
+    limit = 80_000  # most samples of 8-32 wide nets exceed this
     study = make_study(space, limit=limit)
     trainer = ScriptedTrainer()
     config = RunConfig(
@@ -104,7 +105,8 @@ def test_infeasible_trials_never_reach_the_trainer_or_the_data(tmp_path):
     assert all(t.constraints["params"] <= 0 for t in feasible)
     assert len(trainer.calls) == len(feasible) == len(loads)
     assert all(call["params"] <= limit for call in trainer.calls)
-    # the best trial is feasible even though infeasible ones are COMPLETE too
+    # Optuna's own tools show no score for them: pruned, without a value
+    assert all(t.state == TrialState.PRUNED and t.value is None for t in infeasible)
     assert study.best_trial.user_attrs["params"] <= limit
 
 
@@ -125,6 +127,21 @@ def test_pruning_stops_a_poor_trial_against_finished_ones():
     assert poor.user_attrs["epochs_run"] == 1
     assert poor.intermediate_values == {1: 0.1}
     assert study.trials[0].intermediate_values == dict(enumerate(good, start=1))
+
+
+def test_the_study_median_pruner_keeps_a_warm_up_epoch_through_the_objective():
+    space = small_space(epochs=4)
+    study = make_study(space, pruner="median")  # the project's own pruner
+    good = [0.6, 0.7, 0.8, 0.9]
+    trainer = ScriptedTrainer([good] * 5 + [[0.1, 0.1, 0.1, 0.1]])
+    config = RunConfig(space=space, device="cpu", checkpoint_dir=None)
+    reserve_trials(study, 6)
+    run_worker(study, Objective(config, trainer=trainer, data=tiny_data()))
+
+    poor = study.trials[5]
+    assert poor.state == optuna.trial.TrialState.PRUNED
+    assert poor.intermediate_values == {1: 0.1, 2: 0.1}  # not pruned after epoch 1
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials[:5])
 
 
 def test_diverged_and_out_of_memory_trials_fail_and_the_study_goes_on():

@@ -25,7 +25,8 @@ from autosearch.search.tuning.launcher import (
     parse_gpus,
     plan_slots,
 )
-from autosearch.search.tuning.session import Placement, _interrupt_on_sigterm, plan
+from autosearch.search.tuning.requests import Placement
+from autosearch.search.tuning.running import interrupt_on_sigterm, plan
 from autosearch.search.tuning.worker import Terminated
 from typer.testing import CliRunner
 
@@ -118,7 +119,7 @@ def test_launcher_passes_on_the_signal_it_got(sig: int, tmp_path: Path) -> None:
 def test_the_first_sigterm_stops_a_worker_and_later_ones_are_ignored() -> None:
     previous = signal.getsignal(signal.SIGTERM)
     try:
-        _interrupt_on_sigterm()
+        interrupt_on_sigterm()
         with pytest.raises(Terminated):
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)  # the handler raises here, long before this ends

@@ -168,12 +168,3 @@ def test_toml_syntax_error_and_missing_file(tmp_path):
         load_space(write(tmp_path, "[arch\n"))
     with pytest.raises(SpaceError, match="no such space file"):
         load_space(str(tmp_path / "missing.toml"))
-
-
-def test_sampler_seed_is_plain_for_a_fresh_study_and_mixed_otherwise():
-    from autosearch.search.tuning.study import sampler_seed
-
-    assert sampler_seed(7, finished=0) == 7
-    seeds = {sampler_seed(7, finished=n, worker=w) for n in (0, 4) for w in (0, 1, 2)}
-    assert len(seeds) == 6
-    assert sampler_seed(7, finished=4, worker=1) == sampler_seed(7, finished=4, worker=1)

@@ -187,3 +187,30 @@ def test_postgres_pool_is_bounded(postgres_test_url: str) -> None:
     finally:
         storage.remove_session()
         storage.engine.dispose()
+
+
+def test_a_stuck_session_over_a_lost_connection_is_transient() -> None:
+    """A server restart ends connections mid-query; Optuna's trial read then retries on
+    the same session and raises "can't reconnect until invalid transaction is rolled
+    back". Only the error under it says the connection was lost, and that decides."""
+    import psycopg
+    from autosearch.storage.retries import is_transient
+    from sqlalchemy.exc import OperationalError, PendingRollbackError, ProgrammingError
+
+    def chain(inner: BaseException) -> PendingRollbackError:
+        try:
+            try:
+                raise inner
+            except Exception:  # chained implicitly, as in Optuna's fallback read
+                raise PendingRollbackError("Can't reconnect until rolled back")  # noqa: B904
+        except PendingRollbackError as outer:
+            return outer
+
+    lost = OperationalError(
+        "SELECT 1", {}, psycopg.errors.AdminShutdown("terminating connection"),
+        connection_invalidated=True,
+    )  # fmt: skip
+    missing = ProgrammingError("SELECT 1", {}, psycopg.errors.UndefinedTable("no table"))
+    assert is_transient(chain(lost))
+    assert not is_transient(chain(missing))
+    assert not is_transient(PendingRollbackError("rolled back"))
