@@ -27,9 +27,12 @@ of the budget or less and ends above it. A PNG plots the best-so-far against ima
 trained: the median line of each arm with its min-max band.
 
 `--proxy` searches `zigzag-cpu` under 50,000 parameters on 2,048 training and 512
-validation images for 3 epochs, two studies at a time with one thread each. The full
-mode searches `zigzag` under 5,000,000 parameters on the whole split for 15 epochs,
-one study at a time on the GPU.
+validation images for 4 epochs (pruning can act after epochs 2 and 3), 20 full trials
+per study, two studies at a time with one thread each. The full mode searches `zigzag`
+under 5,000,000 parameters on the whole split for 15 epochs, 60 full trials per study,
+one study at a time on the GPU: 720 full 15-epoch trials' worth of training at the
+default 3 repetitions of 4 arms, so time one trial first and start with `--reps 1` or
+a smaller `--budget-trials`.
 """
 
 from __future__ import annotations
@@ -107,7 +110,7 @@ PROXY = Setting(
     max_params=50_000,
     subset=2_560,  # 2,048 training and 512 validation images
     val_size=10_000,
-    epochs=3,
+    epochs=4,
     budget_trials=20,
     reps=3,
     lanes=2,
@@ -119,7 +122,7 @@ PROXY = Setting(
 MODES = {
     "proxy": PROXY,
     # The proxy's pipeline end to end in a few minutes: it checks the script, not the search.
-    "quick": replace(PROXY, mode="quick", subset=640, epochs=2, budget_trials=3, reps=1),
+    "quick": replace(PROXY, mode="quick", subset=640, epochs=3, budget_trials=4, reps=1),
     "full": replace(
         PROXY,
         mode="full",

@@ -74,7 +74,7 @@ SPACES: dict[str, SearchSpace] = {
             repeats=(1, 2),
             stem_widths=(16,),
         ),
-        recipe=RecipeSpace(batch_sizes=(64, 128, 256), epochs=(3, 3)),
+        recipe=RecipeSpace(batch_sizes=(64, 128, 256), epochs=(4, 4)),
     ),
 }
 
