@@ -61,11 +61,12 @@ SPACES: dict[str, SearchSpace] = {
             augments=SEARCHABLE_AUGMENTS,
         ),
     ),
-    # `zigzag` sized for two CPU cores: a few short trials on a few thousand images, at
-    # a budget near 50,000 parameters (see `make demo` and bench/search_quality.py).
-    # Narrower widths and at most two blocks per stage keep a trial's FLOPs small;
-    # batches of 64-256 give a 2,048-image epoch enough optimizer steps. The seed
-    # configurations are left out: they are 100 times over such a budget.
+    # `zigzag` sized for two CPU cores: 4-epoch trials on a few thousand images at a
+    # budget near 50,000 parameters (`make demo`, bench/search_quality.py --proxy).
+    # Narrow widths, at most two blocks per stage and a 16-wide stem keep a trial's
+    # FLOPs small; batches of 64-256 give a 2,048-image epoch enough optimizer steps;
+    # random resized crops are left out, as they only slow learning in so few epochs.
+    # No seed configurations: they are 100 times over such a budget.
     "zigzag-cpu": SearchSpace(
         name="zigzag-cpu",
         arch=ArchSpace(
@@ -74,7 +75,9 @@ SPACES: dict[str, SearchSpace] = {
             repeats=(1, 2),
             stem_widths=(16,),
         ),
-        recipe=RecipeSpace(batch_sizes=(64, 128, 256), epochs=(4, 4)),
+        recipe=RecipeSpace(
+            batch_sizes=(64, 128, 256), epochs=(4, 4), augments=("crop", "flip", "cutout")
+        ),
     ),
 }
 
