@@ -30,6 +30,7 @@ from autosearch.search.space import (
     space_from_stored,
     with_epochs,
 )
+from autosearch.search.training.datasets import default_val_size
 from autosearch.search.tuning import checks
 from autosearch.search.tuning.budget import reserve_trials
 from autosearch.search.tuning.launcher import (
@@ -86,11 +87,12 @@ class Placement:
     workers_per_gpu: str = "1"
     workers: int = 1
     device: str = "auto"
-    data_dir: str | None = None
+    data_dir: str | None = None  # where CIFAR is (see training.sources)
     checkpoint_dir: str = "checkpoints"
     max_restarts: int = 3
     log_dir: str = "logs"
     track: tuple[str, ...] | None = None  # this machine's trackers; None: the study's
+    data: str | None = None  # --data; None: CIFAR-10 for `start`, the study's for workers
 
     @property
     def launching(self) -> bool:
@@ -101,6 +103,8 @@ class Placement:
         args = ["--study", study, "--device", self.device, "--checkpoint-dir", self.checkpoint_dir]
         if self.data_dir is not None:
             args += ["--data-dir", self.data_dir]
+        if self.data is not None:
+            args += ["--data", self.data]
         if self.track is not None:
             args += [a for spec in self.track or ("none",) for a in ("--track", spec)]
         return args
@@ -126,7 +130,8 @@ class StartRequest:
     pruner: str = "median"
     seed: int = 0
     subset: int | None = None
-    val_size: int = 10_000
+    val_size: int | None = None  # None: a fifth of the training images (10,000 of CIFAR)
+    image_size: int | None = None  # folder: images are resized to this side (32)
     heartbeat: int = 30
     grace: int = 120
     placement: Placement = field(default_factory=Placement)
@@ -208,6 +213,7 @@ def open_for_start(request: StartRequest) -> tuple[str, optuna.Study, SearchSpac
     """Validate `request`, then create or resume its study; nothing is queued yet."""
     r = request
     given = checks.start_request(r)
+    source, data = checks.start_data(r)
     # Without a space of its own the study must exist already: open, never create.
     url, rdb = open_storage(
         r.storage, heartbeat_interval=r.heartbeat, grace_period=r.grace, create=given is not None
@@ -218,11 +224,14 @@ def open_for_start(request: StartRequest) -> tuple[str, optuna.Study, SearchSpac
         pruner=r.pruner,
         seed=r.seed,
         subset=r.subset,
-        val_size=r.val_size,
+        val_size=r.val_size if r.val_size is not None else default_val_size(data.train_images),
         heartbeat_interval=r.heartbeat,
         grace_period=r.grace,
         deadline=time.time() + r.timeout if r.timeout is not None else None,
         track=parse_tracks(r.track),
+        data=source.spec,
+        image_size=source.image_size,
+        data_identity=data.identity,
     )
     study = open_study(
         r.study,
@@ -299,7 +308,7 @@ def _run_config(
         space=space,
         max_params=max_params,
         device=placement.device,
-        data_dir=placement.data_dir,
+        data=checks.settings_source(settings, placement),
         subset=settings.subset,
         val_size=settings.val_size,
         seed=settings.seed,
@@ -341,6 +350,7 @@ def join(
         create=False,
     )
     placement = request.placement
+    checks.joined_data(settings, placement)  # this machine's data is the study's
     if placement.launching:
         _tracking(settings, placement)  # a bad --track fails here, not in every worker
         # Launchers on several machines (a Slurm array) are told apart by the index they

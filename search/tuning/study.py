@@ -251,12 +251,18 @@ class RunSettings:
     sampler: str = "tpe"
     pruner: str = "median"
     seed: int = 0  # worker i samples with seed + i; trials train with seed + trial number
-    subset: int | None = None  # stratified training subset; None: all 50,000 images
-    val_size: int = 10_000
+    subset: int | None = None  # stratified training subset; None: all training images
+    val_size: int | None = 10_000  # None: a fifth of the training images
     heartbeat_interval: int = 30  # s between heartbeats of a running trial
     grace_period: int = 120  # s without a heartbeat before a trial counts as dead
     deadline: float | None = None  # time.time() after which no worker starts a trial
     track: tuple[str, ...] = ()  # experiment trackers, "mlflow:URI" / "tensorboard:DIR"
+    # The data: the --data value (folder: and npz: with the path on the machine that
+    # ran `start`), the side folder images are resized to, and the data's identity
+    # (`training.datasets`), which names the data wherever it is kept.
+    data: str = "cifar10"
+    image_size: int = 32
+    data_identity: str = "cifar10"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "track", tuple(self.track))  # a list after JSON
