@@ -333,7 +333,9 @@ class Objective:
         if not keep:
             store.clear()
             return
-        store.finalize(keep_weights=True, state={"model": model.state_dict()})
+        # The spec rides along: `export --no-retrain` checks the weights against it.
+        state = {"model": model.state_dict(), "arch": model.spec.to_dict()}
+        store.finalize(keep_weights=True, state=state)
         live, finished = _retention_facts(trial.study)
         # This trial is still RUNNING in the study but done training: rank it as finished.
         live.discard(store.key)
