@@ -39,10 +39,10 @@ from autosearch.search.results.exported import (
     test_accuracy,
 )
 from autosearch.search.training.data import prepare_data
-from autosearch.search.training.datasets import DataSource, load_source
+from autosearch.search.training.datasets import DataSource, load_source, parse_data
 from autosearch.search.training.device import resolve_device
 from autosearch.search.training.evaluation import evaluate
-from autosearch.search.tuning.study import UID_ATTR, load_run_settings
+from autosearch.search.tuning.study import UID_ATTR
 from autosearch.storage.checkpoints import CheckpointStore, study_folder
 from autosearch.storage.stale import root_trial_number
 from optuna.trial import FrozenTrial
@@ -96,30 +96,36 @@ def export_searched(
     *,
     checkpoint_dir: str | Path,
     max_params: int,
-    data: DataSource,
+    data: DataSource | str,
+    subset: int | None = None,
+    val_size: int | None = None,
+    seed: int = 0,
     identity: str | None = None,
     device: str = "auto",
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write `trial`'s kept final weights as an export folder, without retraining.
 
-    `data` is where this machine keeps the study's data, which must have `identity`
-    when given; the study's run settings give the split (subset, validation size,
-    seed) the trial trained on. Returns the contents written to model.json, in the
-    same format as `export_trial`'s.
+    `data` (a `DataSource` or --data value) is where this machine keeps the study's
+    data, which must have `identity` when given; `subset`, `val_size` and `seed` are
+    the split the trial trained on (its `RunConfig`'s), which gives the normalisation
+    and the test split. Returns the contents written to model.json, in the same format
+    as `export_trial`'s.
+
+    Example:
+        >>> info = export_searched(study, study.best_trial, "best/", checkpoint_dir=
+        ...     "checkpoints", max_params=5_000_000, data="npz:mine.npz")  # doctest: +SKIP
     """
     folder = Path(out)
     if (folder / INFO).exists() and not overwrite:
         raise ExportError(f"{folder} already holds an export; choose another folder")
     spec, recipe, params = _trial_config(trial, max_params, None)
     net = _checked_net(trial, spec, params, kept_weights(study, trial, checkpoint_dir))
-    settings = load_run_settings(study)
+    data = parse_data(data)
     dev = resolve_device(device)
     raw = load_source(data)
     facts = data_facts(data, raw.classes, identity)
-    split = prepare_data(
-        raw=raw, val_size=settings.val_size, subset=settings.subset, seed=settings.seed, device=dev
-    )
+    split = prepare_data(raw=raw, val_size=val_size, subset=subset, seed=seed, device=dev)
     check_fits(spec, split, trial.number)
     folder.mkdir(parents=True, exist_ok=True)
     save_file(_state(net), str(folder / WEIGHTS), metadata={"arch": spec.to_json()})
@@ -129,7 +135,7 @@ def export_searched(
         model, split.val_x, split.val_y, split.mean, split.std, tta=recipe.tta, device=dev
     )
     run = {
-        "seed": settings.seed + root_trial_number(trial),
+        "seed": seed + root_trial_number(trial),
         "test_acc": test_acc,
         "test_loss": test_loss,
         "val_acc": _finite(val_acc),
@@ -137,7 +143,7 @@ def export_searched(
         "train_seconds": trial.user_attrs.get("train_seconds"),
     }
     where = {"data_dir": data.path if data.kind.startswith("cifar") else None}
-    where.update(subset=settings.subset, val_size=settings.val_size, seed=settings.seed)
+    where.update(subset=subset, val_size=val_size, seed=seed)
     where.update(facts)
     info = _describe(trial, study.study_name, spec, recipe, max_params, [run], split, where, dev)
     info["weights_from"] = SEARCHED
