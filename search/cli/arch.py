@@ -203,7 +203,7 @@ def train_command(
     chosen = _recipe_from_options(recipe, epochs=epochs, batch_size=batch_size, lr=lr)
     try:
         source = parse_data(data, data_dir=data_dir, image_size=image_size)
-        facts = describe_source(source)
+        facts = describe_source(source, locate=False)  # CIFAR's facts are in its name
     except (DataError, DataNotFoundError) as e:
         fail(str(e))
     # The classifier and the map sizes follow the data, and so does the count.

@@ -283,3 +283,21 @@ def test_a_study_on_an_image_folder_end_to_end(tmp_path):
         app, ["evaluate", str(kept), "--device", "cpu", "--data", f"folder:{other}"]
     )
     assert result.exit_code == 2 and "not the data of the export" in result.stderr
+
+
+def test_a_worker_reads_the_studys_data_and_refuses_other_data(tmp_path):
+    from autosearch.search.tuning import checks
+    from autosearch.search.tuning.session import Placement
+    from autosearch.search.tuning.study import RunSettings, StudyError
+
+    root = write_image_folder(tmp_path / "imgs")
+    source = parse_data(f"folder:{root}", image_size=48)
+    settings = RunSettings(
+        data=source.spec, image_size=48, data_identity=describe_source(source).identity
+    )
+    assert checks.joined_data(settings, Placement()) == source
+    copy = shutil.copytree(root, tmp_path / "copy")  # the same data kept elsewhere
+    assert checks.joined_data(settings, Placement(data=f"folder:{copy}")).path == str(copy)
+    other = write_image_folder(tmp_path / "other", classes=4)
+    with pytest.raises(StudyError, match="the study trains on"):
+        checks.joined_data(settings, Placement(data=f"folder:{other}"))
