@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from autosearch.models.spec import INPUT_SIZE, ArchSpec
+from autosearch.models.spec import ArchSpec
 
 DEFAULT_MAX_PARAMS = 5_000_000
 
@@ -41,8 +41,8 @@ class _Layer:
 
 def _conv_layers(spec: ArchSpec) -> list[_Layer]:
     """Every conv of the network, in order, with its output map size."""
-    layers = [_Layer(3, spec.stem_width, spec.stem_kernel, INPUT_SIZE)]
-    cin, size = spec.stem_width, INPUT_SIZE
+    layers = [_Layer(3, spec.stem_width, spec.stem_kernel, spec.input_size)]
+    cin, size = spec.stem_width, spec.input_size
     for stage in spec.stages:
         for b in range(stage.repeats):
             stride = stage.stride if b == 0 else 1
@@ -62,7 +62,7 @@ def count_params(spec: ArchSpec) -> int:
 
 
 def count_flops(spec: ArchSpec) -> int:
-    """Forward FLOPs per 32x32 image: 2 x multiply-accumulates of convs and the linear.
+    """Forward FLOPs per input image: 2 x multiply-accumulates of convs and the linear.
 
     BatchNorm, ReLU, the residual adds and pooling are left out: together they are under
     1% of the total for every member of the family.

@@ -48,9 +48,9 @@ def _round_width(w: float, low: int) -> int:
     return max(low, int(round(w / WIDTH_MULTIPLE)) * WIDTH_MULTIPLE)
 
 
-def _sample_arch(trial: optuna.Trial, a: ArchSpace) -> ArchSpec:
+def _sample_arch(trial: optuna.Trial, a: ArchSpace, num_classes: int, size: int) -> ArchSpec:
     if a.fixed is not None:
-        return get_preset(a.fixed)
+        return replace(get_preset(a.fixed), num_classes=num_classes, input_size=size)
     n = trial.suggest_int("stages", *a.stages)
     lo, hi = a.widths
     if a.monotonic:
@@ -74,7 +74,7 @@ def _sample_arch(trial: optuna.Trial, a: ArchSpace) -> ArchSpec:
         free = [i for i in range(1, n) if i not in strided]
         strided.add(free[min(len(free) - 1, int(pos * len(free)))])
     stem = trial.suggest_categorical("stem_width", a.stem_widths)
-    final = INPUT_SIZE >> len(strided)
+    final = size >> len(strided)
     pools = [p for p in a.pools if p <= final] or [0]
     pool = trial.suggest_categorical("pool", a.pools)
     pool = pool if pool in pools else 0
@@ -82,7 +82,9 @@ def _sample_arch(trial: optuna.Trial, a: ArchSpace) -> ArchSpec:
         StageSpec(w, r, 2 if i in strided else 1, k, skip)
         for i, (w, r, k) in enumerate(zip(widths, repeats, kernels, strict=True))
     )
-    return ArchSpec(stages=stages, stem_width=stem, pool=pool)
+    return ArchSpec(
+        stages=stages, stem_width=stem, pool=pool, num_classes=num_classes, input_size=size
+    )
 
 
 def shrink_to_budget(spec: ArchSpec, limit: int, low: int = 16) -> tuple[ArchSpec, float]:
@@ -184,13 +186,22 @@ def _sample_augment(trial: optuna.Trial, names: tuple[str, ...]) -> tuple[Augmen
     return tuple(augs)
 
 
-def sample(trial: optuna.Trial, space: SearchSpace, *, max_params: int) -> Sample:
+def sample(
+    trial: optuna.Trial,
+    space: SearchSpace,
+    *,
+    max_params: int,
+    num_classes: int = 10,
+    input_size: int = INPUT_SIZE,
+) -> Sample:
     """Draw one architecture and recipe from `space` for `trial`.
 
-    Over-budget architectures are shrunk to fit when the space says `fit_budget`;
-    otherwise they come back as drawn, and the caller records them as infeasible.
+    The architecture classifies `num_classes` classes of `input_size` pixel images
+    (the data's), which its parameter count includes. Over-budget architectures are
+    shrunk to fit when the space says `fit_budget`; otherwise they come back as drawn,
+    and the caller records them as infeasible.
     """
-    arch = _sample_arch(trial, space.arch)
+    arch = _sample_arch(trial, space.arch, num_classes, input_size)
     recipe = _sample_recipe(trial, space.recipe)
     shrink = 1.0
     if space.arch.fixed is None and space.arch.fit_budget:
