@@ -14,13 +14,13 @@ import socket
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import optuna
 import torch
 from autosearch.models import ArchSpec, build_model, count_flops, count_params
-from autosearch.search.space import SearchSpace, sample, seed_config
+from autosearch.search.space import SearchSpace, sample
 from autosearch.search.training.data import CifarData, prepare_data
 from autosearch.search.training.device import resolve_device
 from autosearch.search.training.recipe import TrainRecipe
@@ -67,7 +67,7 @@ def _device_name(device: torch.device) -> str:
 
 
 def _record_config(
-    trial: optuna.Trial, arch: ArchSpec, recipe: TrainRecipe, shrink: float, max_params: int
+    trial: optuna.Trial, arch: ArchSpec, recipe: TrainRecipe, scale: int, max_params: int
 ) -> int:
     """Store what the trial trains and its budget constraint; returns the count."""
     params = count_params(arch)
@@ -75,7 +75,9 @@ def _record_config(
     trial.set_user_attr("recipe", recipe.to_dict())
     trial.set_user_attr("params", params)
     trial.set_user_attr("flops", count_flops(arch))
-    trial.set_user_attr("width_shrink", shrink)
+    # The widths the trial's shape and fill came to (for display; the params fix them).
+    trial.set_user_attr("widths", list(arch.widths))
+    trial.set_user_attr("width_scale", scale)
     # Feasible when <= 0; the samplers learn from the sign and size.
     trial.set_constraint("params", float(params - max_params))
     return params
@@ -160,18 +162,20 @@ class Objective:
             )
         return self._data
 
-    def suggest(self, trial: optuna.Trial) -> tuple[ArchSpec, TrainRecipe, float]:
-        """Sample the trial's configuration; seed trials train the seed exactly."""
+    def suggest(self, trial: optuna.Trial) -> tuple[ArchSpec, TrainRecipe, int]:
+        """Sample the trial's configuration. A seed trial's parameters rebuild its seed
+        exactly (`seed_params`); it only takes the seed's names."""
         s = sample(trial, self.config.space, max_params=self.config.max_params)
         index = trial.user_attrs.get(SEED_ATTR)
         if index is not None:
-            arch, recipe = seed_config(self.config.space, int(index), s.recipe.epochs)
-            return arch, recipe, 1.0
-        return s.arch, s.recipe, s.shrink
+            arch_name, recipe_name = self.config.space.seeds[int(index)]
+            arch, recipe = replace(s.arch, name=arch_name), s.recipe.replace(name=recipe_name)
+            return arch, recipe, s.scale
+        return s.arch, s.recipe, s.scale
 
     def __call__(self, trial: optuna.Trial) -> float:
-        arch, recipe, shrink = self.suggest(trial)
-        params = _record_config(trial, arch, recipe, shrink, self.config.max_params)
+        arch, recipe, scale = self.suggest(trial)
+        params = _record_config(trial, arch, recipe, scale, self.config.max_params)
         if params > self.config.max_params:
             trial.set_user_attr("stopped", INFEASIBLE)
             return 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 import uuid
@@ -21,6 +22,9 @@ from autosearch.search.space import (
     seed_params,
     space_from_stored,
 )
+
+log = logging.getLogger(__name__)
+
 
 SAMPLERS = ("tpe", "random", "cmaes", "gp")
 
@@ -151,7 +155,8 @@ def open_study(
     """Create the study, or resume it when it exists with the same space and budget.
 
     Only the process that creates the study enqueues the space's seed configurations,
-    so they run once however many workers join. Resuming with another space or budget
+    so they run once however many workers join; a seed the space cannot rebuild exactly
+    is left out with a warning. Resuming with another space or budget
     raises `StudyError` before anything is written.
     """
     try:
@@ -170,7 +175,10 @@ def open_study(
     study.set_user_attr(UID_ATTR, uuid.uuid4().hex)
     study.set_user_attr(SPACE_ATTR, space.to_dict())
     study.set_user_attr(MAX_PARAMS_ATTR, max_params)
-    for i, params in enumerate(seed_params(space)):
+    seeds, left_out = seed_params(space, max_params=max_params)
+    for line in left_out:
+        log.warning("%s", line)
+    for i, params in seeds.items():
         study.enqueue_trial(params, user_attrs={SEED_ATTR: i})
     # The fingerprint goes last: a worker that loads the study meanwhile waits for it.
     study.set_user_attr(FINGERPRINT_ATTR, space.fingerprint())
