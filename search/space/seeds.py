@@ -108,7 +108,9 @@ def _fill_for(spec: ArchSpec, shape: list[float], scale: int, a: ArchSpace, limi
     `scale` fits and the one a rung up does not, within the space's fill range."""
     ladder = width_ladder(a.widths)
     if scale not in ladder:
-        raise _Outside(f"its width scale {scale} is not a multiple of 8 in arch.widths")
+        raise _Outside(
+            f"its width scale {scale} is not a multiple of 8 within arch.widths {list(a.widths)}"
+        )
 
     def share(s: int) -> float:
         widths = derive_widths(shape, s, ladder[0])
