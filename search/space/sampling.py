@@ -55,8 +55,7 @@ def derive_widths(shape: list[float], scale: int, low: int) -> tuple[int, ...]:
     """Stage widths at one scale: scale x shape[i], rounded to a multiple of 8, at
     least `low` (the space's narrowest multiple of 8) and at most 4096."""
     return tuple(
-        min(MAX_WIDTH, max(low, round(scale * r / WIDTH_MULTIPLE) * WIDTH_MULTIPLE))
-        for r in shape
+        min(MAX_WIDTH, max(low, round(scale * r / WIDTH_MULTIPLE) * WIDTH_MULTIPLE)) for r in shape
     )
 
 

@@ -230,5 +230,7 @@ def _rebuilt_params(
         if got != want:
             g, w = got.to_dict(), want.to_dict()
             diff = next(k for k in w if k != "name" and g[k] != w[k])
-            raise _Outside(f"the space rebuilds its {what} with {diff}={g[diff]!r}, not {w[diff]!r}")
+            raise _Outside(
+                f"the space rebuilds its {what} with {diff}={g[diff]!r}, not {w[diff]!r}"
+            )
     return trial.fixed.params

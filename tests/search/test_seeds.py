@@ -63,7 +63,9 @@ def test_a_seed_the_space_cannot_represent_is_left_out_with_its_reason(tmp_path)
 
     path.write_text('extends = "zigzag"\n[arch]\nwidths = [16, 128]\n')
     found, left_out = seed_params(load_space(str(path)), max_params=LIMIT)
-    assert found == {} and all("not a multiple of 8 within arch.widths [16, 128]" in x for x in left_out)
+    assert found == {} and all(
+        "not a multiple of 8 within arch.widths [16, 128]" in x for x in left_out
+    )
 
 
 def test_opening_a_study_names_each_seed_left_out(caplog):

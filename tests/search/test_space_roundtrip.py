@@ -92,7 +92,8 @@ def check_round_trips(space, n):
         # The recorded shape is the trained one: each width is its share of the scale,
         # to the nearest multiple of 8 (or the range's floor), and the net stays in its
         # share of the budget unless even the smallest scale is over it.
-        for w, r in zip(drawn.arch.widths, shape_of(trial.params, len(drawn.arch.stages))):
+        shape = shape_of(trial.params, len(drawn.arch.stages))
+        for w, r in zip(drawn.arch.widths, shape, strict=True):
             assert w % 8 == 0 and (abs(w - drawn.scale * r) <= 4 or w == floor)
         assert count <= trial.params["fill"] * LIMIT or drawn.scale == floor
     return over / n
