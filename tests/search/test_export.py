@@ -29,7 +29,7 @@ SPLIT = ["--subset", "200", "--val-size", "100", "--device", "cpu"]
 
 @pytest.fixture(scope="module")
 def searched(cifar_dir, tmp_path_factory) -> str:
-    """A real 4-trial study from the CLI: three infeasible seeds and one trained trial."""
+    """A real 4-trial study from the CLI (its seeds are over the budget and left out)."""
     root = tmp_path_factory.mktemp("search")
     url = f"sqlite:///{root}/s.db"
     args = ["start", "--study", "zigzag", "--trials", "4", "--epochs", "1", *SPLIT]

@@ -172,3 +172,16 @@ def test_sampler_seed_is_plain_for_a_fresh_study_and_mixed_otherwise():
     seeds = {sampler_seed(7, finished=n, worker=w) for n in (0, 4) for w in (0, 1, 2)}
     assert len(seeds) == 6
     assert sampler_seed(7, finished=4, worker=1) == sampler_seed(7, finished=4, worker=1)
+
+
+def test_a_stored_space_that_shrank_widths_is_refused_by_name():
+    stored = SPACES["zigzag"].to_dict()
+    assert space_from_stored(stored) == SPACES["zigzag"]
+    stored["arch"]["fit_budget"] = True  # as studies made before the fill rule stored it
+    del stored["arch"]["fill"]
+    with pytest.raises(SpaceError, match="arch.fit_budget"):
+        space_from_stored(stored)
+    # a single tta value, as older spaces stored it, is one choice
+    stored = SPACES["zigzag"].to_dict()
+    stored["recipe"]["tta"] = True
+    assert space_from_stored(stored).recipe.tta == (True,)
