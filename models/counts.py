@@ -57,7 +57,15 @@ def _conv_layers(spec: ArchSpec) -> list[_Layer]:
 
 def count_params(spec: ArchSpec) -> int:
     """Trainable parameters of the model `build_model(spec)` would make."""
-    convs = sum(_conv_bn(layer.cin, layer.cout, layer.kernel) for layer in _conv_layers(spec))
+    # Stage by stage rather than layer by layer: the sampler counts many specs per trial.
+    convs = _conv_bn(3, spec.stem_width, spec.stem_kernel)
+    cin = spec.stem_width
+    for s in spec.stages:
+        w, k = s.width, s.kernel
+        convs += _conv_bn(cin, w, k) + (2 * s.repeats - 1) * _conv_bn(w, w, k)
+        if s.stride != 1 or cin != w:  # the first block's projection shortcut
+            convs += _conv_bn(cin, w, s.skip_kernel)
+        cin = w
     return convs + spec.classifier_features() * spec.num_classes + spec.num_classes
 
 

@@ -83,6 +83,7 @@ def _run(call, request, *, worker: bool, trials: int | None = None, timeout: flo
     worker up), a failure while running exits 4 (a launcher restarts it), both with one
     line."""
     from autosearch.search.cli.views import TrialLines
+    from autosearch.search.space import SpaceError
     from autosearch.search.tuning.study import StudyError
     from autosearch.storage.retries import PermanentStorageError
 
@@ -91,7 +92,7 @@ def _run(call, request, *, worker: bool, trials: int | None = None, timeout: flo
     lines = TrialLines(trials=trials, deadline=deadline)
     try:
         return call(request, say=say, console=console, on_trial_end=lines, on_epoch=lines.on_epoch)
-    except (StudyError, PermanentStorageError) as e:
+    except (StudyError, SpaceError, PermanentStorageError) as e:
         fail(str(e))
     except Exception as e:  # the data went away, the database stayed down, a bug
         fail(f"{type(e).__name__}: {e}", EXIT_RUNTIME)

@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 import torch
 from autosearch.models import ArchSpec, build_model, count_flops, count_params
-from autosearch.search.space import SearchSpace, sample, seed_config
+from autosearch.search.space import SearchSpace, sample
 from autosearch.search.training.data import CifarData, prepare_data
 from autosearch.search.training.datasets import DataSource, describe_source, parse_data
 from autosearch.search.training.device import resolve_device
@@ -74,7 +74,7 @@ def _device_name(device: torch.device) -> str:
 
 
 def _record_config(
-    trial: optuna.Trial, arch: ArchSpec, recipe: TrainRecipe, shrink: float, max_params: int
+    trial: optuna.Trial, arch: ArchSpec, recipe: TrainRecipe, scale: int, max_params: int
 ) -> int:
     """Store what the trial trains and its budget constraint; returns the count."""
     params = count_params(arch)
@@ -82,7 +82,9 @@ def _record_config(
     trial.set_user_attr("recipe", recipe.to_dict())
     trial.set_user_attr("params", params)
     trial.set_user_attr("flops", count_flops(arch))
-    trial.set_user_attr("width_shrink", shrink)
+    # The widths the trial's shape and fill came to (for display; the params fix them).
+    trial.set_user_attr("widths", list(arch.widths))
+    trial.set_user_attr("width_scale", scale)
     # Feasible when <= 0; the samplers learn from the sign and size.
     trial.set_constraint("params", float(params - max_params))
     return params
@@ -179,8 +181,10 @@ class Objective:
                 self._shape = (info.num_classes, info.image_size)
         return self._shape
 
-    def suggest(self, trial: optuna.Trial) -> tuple[ArchSpec, TrainRecipe, float]:
-        """Sample the trial's configuration; seed trials train the seed exactly."""
+    def suggest(self, trial: optuna.Trial) -> tuple[ArchSpec, TrainRecipe, int]:
+        """Sample the trial's configuration for the data's classes and image size. A
+        seed trial's parameters rebuild its seed exactly (`seed_params`); it only takes
+        the seed's names."""
         classes, size = self.data_shape()
         s = sample(
             trial,
@@ -191,13 +195,14 @@ class Objective:
         )
         index = trial.user_attrs.get(SEED_ATTR)
         if index is not None:
-            arch, recipe = seed_config(self.config.space, int(index), s.recipe.epochs)
-            return replace(arch, num_classes=classes, input_size=size), recipe, 1.0
-        return s.arch, s.recipe, s.shrink
+            arch_name, recipe_name = self.config.space.seeds[int(index)]
+            arch, recipe = replace(s.arch, name=arch_name), s.recipe.replace(name=recipe_name)
+            return arch, recipe, s.scale
+        return s.arch, s.recipe, s.scale
 
     def __call__(self, trial: optuna.Trial) -> float:
-        arch, recipe, shrink = self.suggest(trial)
-        params = _record_config(trial, arch, recipe, shrink, self.config.max_params)
+        arch, recipe, scale = self.suggest(trial)
+        params = _record_config(trial, arch, recipe, scale, self.config.max_params)
         if params > self.config.max_params:
             # Ended as PRUNED with no value, not COMPLETE with a made-up score: Optuna's
             # own tools (optuna-dashboard, `optuna trials`) then show no accuracy for
