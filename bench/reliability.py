@@ -62,7 +62,6 @@ skip_kernels = [1]
 downsamples = [0, 1]
 stem_widths = [8]
 pools = [0]
-fit_budget = false
 [recipe]
 optimizers = ["sgd"]
 batch_sizes = [64]

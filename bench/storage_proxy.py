@@ -111,7 +111,8 @@ def stand_in_objective(space, epochs: int, epoch_s: float, seed: int):
             ("recipe", s.recipe.to_dict()),
             ("params", params),
             ("flops", count_flops(s.arch)),
-            ("width_shrink", s.shrink),
+            ("widths", list(s.arch.widths)),
+            ("width_scale", s.scale),
             ("device", "cpu"),
             ("worker", f"{socket.gethostname()}:{os.getpid()}"),
         ):

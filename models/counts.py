@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from autosearch.models.spec import INPUT_SIZE, ArchSpec
+from autosearch.models.spec import ArchSpec
 
 DEFAULT_MAX_PARAMS = 5_000_000
 
@@ -41,8 +41,8 @@ class _Layer:
 
 def _conv_layers(spec: ArchSpec) -> list[_Layer]:
     """Every conv of the network, in order, with its output map size."""
-    layers = [_Layer(3, spec.stem_width, spec.stem_kernel, INPUT_SIZE)]
-    cin, size = spec.stem_width, INPUT_SIZE
+    layers = [_Layer(3, spec.stem_width, spec.stem_kernel, spec.input_size)]
+    cin, size = spec.stem_width, spec.input_size
     for stage in spec.stages:
         for b in range(stage.repeats):
             stride = stage.stride if b == 0 else 1
@@ -57,12 +57,20 @@ def _conv_layers(spec: ArchSpec) -> list[_Layer]:
 
 def count_params(spec: ArchSpec) -> int:
     """Trainable parameters of the model `build_model(spec)` would make."""
-    convs = sum(_conv_bn(layer.cin, layer.cout, layer.kernel) for layer in _conv_layers(spec))
+    # Stage by stage rather than layer by layer: the sampler counts many specs per trial.
+    convs = _conv_bn(3, spec.stem_width, spec.stem_kernel)
+    cin = spec.stem_width
+    for s in spec.stages:
+        w, k = s.width, s.kernel
+        convs += _conv_bn(cin, w, k) + (2 * s.repeats - 1) * _conv_bn(w, w, k)
+        if s.stride != 1 or cin != w:  # the first block's projection shortcut
+            convs += _conv_bn(cin, w, s.skip_kernel)
+        cin = w
     return convs + spec.classifier_features() * spec.num_classes + spec.num_classes
 
 
 def count_flops(spec: ArchSpec) -> int:
-    """Forward FLOPs per 32x32 image: 2 x multiply-accumulates of convs and the linear.
+    """Forward FLOPs per input image: 2 x multiply-accumulates of convs and the linear.
 
     BatchNorm, ReLU, the residual adds and pooling are left out: together they are under
     1% of the total for every member of the family.

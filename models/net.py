@@ -58,7 +58,9 @@ class ResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1) if spec.pool == 0 else nn.AvgPool2d(spec.pool)
         self.fc = nn.Linear(spec.classifier_features(), spec.num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, 32, 32) -> (B, classes)
+    def forward(
+        self, x: torch.Tensor
+    ) -> torch.Tensor:  # (B, 3, S, S) -> (B, classes), S = spec.input_size
         x = self.blocks(self.stem(x))
         return self.fc(torch.flatten(self.pool(x), 1))
 

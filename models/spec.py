@@ -10,7 +10,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-INPUT_SIZE = 32  # CIFAR images are 32x32 pixels
+INPUT_SIZE = 32  # CIFAR images are 32x32 pixels; the default input side
+MIN_INPUT_SIZE = 32  # five stride-2 stages still leave a map of at least 1x1
+MAX_INPUT_SIZE = 512
 CONV_KERNELS = (3, 5)
 SKIP_KERNELS = (1, 3)
 STRIDES = (1, 2)
@@ -61,7 +63,9 @@ class ArchSpec:
     """A CIFAR ResNet: stem conv, stages of BasicBlocks, pooling, one linear layer.
 
     `pool` = 0 means global average pooling; `pool` = P > 0 means an average pool with
-    kernel and stride P, whose flattened output feeds the classifier.
+    kernel and stride P, whose flattened output feeds the classifier. `num_classes`
+    sizes the classifier and `input_size` is the side of the square RGB images it
+    takes; both come from the data and both change the parameter count.
 
     Example:
         >>> spec = ArchSpec(stages=(StageSpec(64, 2), StageSpec(128, 2, stride=2)))
@@ -75,6 +79,7 @@ class ArchSpec:
     pool: int = 0
     num_classes: int = 10
     name: str = field(default="", compare=False)
+    input_size: int = INPUT_SIZE
 
     def __post_init__(self) -> None:
         stages = tuple(StageSpec(**s) if isinstance(s, dict) else s for s in (self.stages or ()))
@@ -89,11 +94,12 @@ class ArchSpec:
         _check_int("stem_width", self.stem_width, low=1, high=4096)
         _check_choice("stem_kernel", self.stem_kernel, CONV_KERNELS)
         _check_int("num_classes", self.num_classes, low=2)
+        _check_int("input_size", self.input_size, low=MIN_INPUT_SIZE, high=MAX_INPUT_SIZE)
         for i, stage in enumerate(self.stages):
             if not isinstance(stage, StageSpec):
                 raise SpecError(f"stages[{i}] must be a StageSpec, got {stage!r}")
             stage.validate(f"stages[{i}]")
-        size = INPUT_SIZE
+        size = self.input_size
         for i, stage in enumerate(self.stages):
             if stage.stride > 1 and size == 1:
                 raise SpecError(
@@ -107,7 +113,7 @@ class ArchSpec:
     # Derived shape facts, used by the counters and the model builder.
     def map_sizes(self) -> list[int]:
         """Spatial size of each stage's output map, in pixels."""
-        sizes, size = [], INPUT_SIZE
+        sizes, size = [], self.input_size
         for stage in self.stages:
             size = (size - 1) // stage.stride + 1
             sizes.append(size)
@@ -129,11 +135,15 @@ class ArchSpec:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["stages"] = [asdict(s) for s in self.stages]
+        if self.input_size == INPUT_SIZE:
+            # Specs stored before the input size was a field (on trials, in checkpoints
+            # and exports) then read back and compare exactly as they were written.
+            del data["input_size"]
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ArchSpec:
-        known = {"stages", "stem_width", "stem_kernel", "pool", "num_classes", "name"}
+        known = {"stages", "stem_width", "stem_kernel", "pool", "num_classes", "name", "input_size"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise SpecError(f"unknown ArchSpec field(s): {', '.join(unknown)}")
@@ -166,7 +176,10 @@ class ArchSpec:
             for s in self.stages
         ]
         pool = "gap" if self.pool == 0 else f"avgpool{self.pool}"
-        return f"stem {self.stem_width}k{self.stem_kernel} | " + " ".join(parts) + f" | {pool}"
+        line = f"stem {self.stem_width}k{self.stem_kernel} | " + " ".join(parts) + f" | {pool}"
+        if (self.num_classes, self.input_size) != (10, INPUT_SIZE):
+            line += f" | {self.num_classes} classes, {self.input_size}px"
+        return line
 
 
 def make_spec(
@@ -179,6 +192,8 @@ def make_spec(
     stem_width: int = 64,
     stem_kernel: int = 3,
     pool: int = 0,
+    num_classes: int = 10,
+    input_size: int = INPUT_SIZE,
     name: str = "",
 ) -> ArchSpec:
     """Build a spec from per-stage lists.
@@ -209,5 +224,11 @@ def make_spec(
         for w, r, s, k, sk in zip(widths, repeats, strides, kernels, skips, strict=True)
     )
     return ArchSpec(
-        stages=stages, stem_width=stem_width, stem_kernel=stem_kernel, pool=pool, name=name
+        stages=stages,
+        stem_width=stem_width,
+        stem_kernel=stem_kernel,
+        pool=pool,
+        num_classes=num_classes,
+        name=name,
+        input_size=input_size,
     )

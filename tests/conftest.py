@@ -35,7 +35,7 @@ def cifar_dir(tmp_path_factory) -> Path:
     return root
 
 
-def tiny_data(n_train: int = 64, n_val: int = 32, size: int = 8) -> CifarData:
+def tiny_data(n_train: int = 64, n_val: int = 32, size: int = 32) -> CifarData:
     """A CifarData of small colour images, built directly on the CPU."""
     x, y = colour_images(n_train + n_val + 16, seed=3, size=size)
     x = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()

@@ -44,6 +44,11 @@ _EXPORTS = {
     # results
     "best_trial": "autosearch.search.tuning.outcomes",
     "load_best_model": "autosearch.search.results.exported",
+    "export_searched": "autosearch.search.results.searched",
+    "export_trial": "autosearch.search.results.export",
+    # data
+    "DataSource": "autosearch.search.training.datasets",
+    "prepare_data": "autosearch.search.training.data",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 app = typer.Typer(
-    help="Search CIFAR-10 ResNets under a parameter budget with Optuna.",
+    help="Search ResNets for CIFAR or your own images under a parameter budget, on Optuna.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     # Plain help, wrapped by click: rich's option tables cut long option names to
@@ -48,7 +48,7 @@ def _root(
         ),
     ] = False,
 ) -> None:
-    """Search CIFAR-10 ResNets under a parameter budget with Optuna."""
+    """Search ResNets for CIFAR or your own images under a parameter budget, on Optuna."""
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
@@ -101,6 +101,16 @@ StorageOpt = Annotated[
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")]
-DataDirOpt = Annotated[str | None, typer.Option(help="CIFAR-10 folder or archive.")]
+DataDirOpt = Annotated[str | None, typer.Option(help="Folder or archive of CIFAR-10/100.")]
+DataOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        help="cifar10 (default), cifar100, folder:PATH (one sub-folder per class) or npz:PATH.",
+    ),
+]
+ImageSizeOpt = Annotated[
+    int | None, typer.Option(help="Side folder: images are resized to (default 32).")
+]
 MaxParamsOpt = Annotated[int, typer.Option(help="Parameter budget.", min=1)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]

@@ -21,7 +21,9 @@ from autosearch.models import (
 from autosearch.search.cli.app import (
     EXIT_OVER_BUDGET,
     DataDirOpt,
+    DataOpt,
     DeviceOpt,
+    ImageSizeOpt,
     JsonOpt,
     MaxParamsOpt,
     app,
@@ -174,15 +176,24 @@ def train_command(
     batch_size: Annotated[int | None, typer.Option(help="Override the batch size.")] = None,
     lr: Annotated[float | None, typer.Option(help="Override the learning rate.")] = None,
     device: DeviceOpt = "auto",
+    data: DataOpt = None,
+    image_size: ImageSizeOpt = None,
     data_dir: DataDirOpt = None,
     subset: Annotated[int | None, typer.Option(help="Stratified training subset size.")] = None,
-    val_size: Annotated[int, typer.Option(help="Validation images (of 50,000).", min=0)] = 10_000,
+    val_size: Annotated[
+        int | None,
+        typer.Option(help="Validation images (default: a fifth, 10,000 of CIFAR's).", min=0),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Split and training seed.")] = 0,
     max_params: MaxParamsOpt = DEFAULT_MAX_PARAMS,
     as_json: JsonOpt = False,
 ) -> None:
     """Train one architecture with a recipe; report validation and test accuracy."""
+    from dataclasses import replace
+
+    from autosearch.search.training.datasets import DataError, describe_source, parse_data
     from autosearch.search.training.run import run_training
+    from autosearch.search.training.sources import DataNotFoundError
 
     if preset is not None and arch_name is not None:
         fail("give the architecture as an argument or with --arch, not both")
@@ -191,6 +202,13 @@ def train_command(
     )
     chosen = _recipe_from_options(recipe, epochs=epochs, batch_size=batch_size, lr=lr)
     try:
+        source = parse_data(data, data_dir=data_dir, image_size=image_size)
+        facts = describe_source(source, locate=False)  # CIFAR's facts are in its name
+    except (DataError, DataNotFoundError) as e:
+        fail(str(e))
+    # The classifier and the map sizes follow the data, and so does the count.
+    spec = replace(spec, num_classes=facts.num_classes, input_size=facts.image_size)
+    try:
         check_budget(spec, max_params)  # before any data or GPU work
     except BudgetError as e:
         fail(f"{spec.name or 'architecture'} is over budget: {e}", code=EXIT_OVER_BUDGET)
@@ -198,7 +216,7 @@ def train_command(
         outcome = run_training(
             spec,
             chosen,
-            data_dir=data_dir,
+            data=source,
             subset=subset,
             val_size=val_size,
             seed=seed,

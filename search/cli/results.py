@@ -122,17 +122,49 @@ def export(
     ] = None,
     subset: Annotated[int | None, typer.Option(help="Stratified training subset size.")] = None,
     seed: Annotated[int, typer.Option(help="Split seed; run i trains with seed + i.")] = 0,
+    data: Annotated[
+        str | None,
+        typer.Option("--data", help="Where the study's data is here (default: the study's)."),
+    ] = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = "auto",
     force: Annotated[bool, typer.Option(help="Replace an existing export.")] = False,
+    retrain: Annotated[
+        bool,
+        typer.Option(
+            help="Retrain on the full training set; --no-retrain writes the trial's kept "
+            "final weights as they are (the best trials keep theirs)."
+        ),
+    ] = True,
+    checkpoint_dir: Annotated[
+        str, typer.Option(help="Where the study's checkpoints are (--no-retrain).")
+    ] = "checkpoints",
 ) -> None:
-    """Retrain the best trial on the full training set, test once and save it."""
+    """Retrain the best trial on the full training set, test once and save it; or,
+    with --no-retrain, save the weights the search trained."""
     from autosearch.search.results.export import export_trial
     from autosearch.search.results.exported import ExportError
+    from autosearch.search.results.searched import export_searched
+    from autosearch.search.training.sources import DataNotFoundError
+    from autosearch.search.tuning import checks
     from autosearch.search.tuning.outcomes import top_trials
-    from autosearch.search.tuning.study import MAX_PARAMS_ATTR
+    from autosearch.search.tuning.session import Placement
+    from autosearch.search.tuning.settings import (
+        DataSettings,
+        RunSettings,
+        stored_data_settings,
+        stored_run_settings,
+    )
+    from autosearch.search.tuning.study import MAX_PARAMS_ATTR, StudyError
 
     _, _, s = _read_only(storage, study)
+    settings = stored_run_settings(s.user_attrs) or RunSettings()
+    split = stored_data_settings(s.user_attrs) or DataSettings()
+    where = Placement(data=data, data_dir=data_dir)
+    try:  # where the data is; that it is the study's is checked once it is read
+        source = checks.settings_source(settings, split, where)
+    except StudyError as e:
+        fail(str(e))
     if trial is None:
         top = top_trials(s, 1)
         if not top:
@@ -156,13 +188,36 @@ def export(
             highlight=False,
         )
 
+    budget = int(s.user_attrs.get(MAX_PARAMS_ATTR, 5_000_000))
     try:
+        if not retrain:
+            info = export_searched(
+                s,
+                chosen,
+                out,
+                checkpoint_dir=checkpoint_dir,
+                max_params=budget,
+                data=source,
+                subset=split.subset,
+                val_size=split.val_size,
+                seed=split.split_seed,
+                identity=split.source,
+                device=device,
+                overwrite=force,
+            )
+            console.print(
+                f"test acc {info['test_acc']:.4f}, val acc {info['val_acc']:.4f} (searched "
+                f"weights, not retrained), {info['params']:,} params -> {out}",
+                highlight=False,
+            )
+            return
         info = export_trial(
             chosen,
             out,
             study_name=study,
-            max_params=int(s.user_attrs.get(MAX_PARAMS_ATTR, 5_000_000)),
-            data_dir=data_dir,
+            max_params=budget,
+            data=source,
+            identity=split.source,
             subset=subset,
             val_size=val_size,
             seed=seed,
@@ -172,7 +227,7 @@ def export(
             overwrite=force,
             on_epoch=show,
         )
-    except (ExportError, ValueError, FileNotFoundError) as e:
+    except (ExportError, ValueError, FileNotFoundError, DataNotFoundError) as e:
         fail(str(e))
     line = f"test acc {info['test_acc']:.4f}"
     if seeds > 1:
@@ -186,6 +241,10 @@ def export(
 @app.command("evaluate")
 def evaluate_command(
     folder: Annotated[Path, typer.Argument(help="Export folder.")],
+    data: Annotated[
+        str | None,
+        typer.Option("--data", help="Where the export's data is here (default: as recorded)."),
+    ] = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = "auto",
     max_params: MaxParamsOpt = DEFAULT_MAX_PARAMS,
@@ -199,7 +258,9 @@ def evaluate_command(
     from autosearch.search.results.exported import ExportError, evaluate_export
 
     try:
-        result = evaluate_export(folder, data_dir=data_dir, device=device, max_params=max_params)
+        result = evaluate_export(
+            folder, data=data, data_dir=data_dir, device=device, max_params=max_params
+        )
     except (ExportError, ValueError, FileNotFoundError) as e:
         fail(str(e))
     if as_json:

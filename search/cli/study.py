@@ -11,7 +11,9 @@ from autosearch.models import DEFAULT_MAX_PARAMS
 from autosearch.search.cli.app import (
     EXIT_RUNTIME,
     DataDirOpt,
+    DataOpt,
     DeviceOpt,
+    ImageSizeOpt,
     MaxParamsOpt,
     StorageOpt,
     StudyOpt,
@@ -81,6 +83,7 @@ def _run(call, request, *, worker: bool, trials: int | None = None, timeout: flo
     worker up), a failure while running exits 4 (a launcher restarts it), both with one
     line."""
     from autosearch.search.cli.views import TrialLines
+    from autosearch.search.space import SpaceError
     from autosearch.search.tuning.study import StudyError
     from autosearch.storage.retries import PermanentStorageError
 
@@ -89,7 +92,7 @@ def _run(call, request, *, worker: bool, trials: int | None = None, timeout: flo
     lines = TrialLines(trials=trials, deadline=deadline)
     try:
         return call(request, say=say, console=console, on_trial_end=lines, on_epoch=lines.on_epoch)
-    except (StudyError, PermanentStorageError) as e:
+    except (StudyError, SpaceError, PermanentStorageError) as e:
         fail(str(e))
     except Exception as e:  # the data went away, the database stayed down, a bug
         fail(f"{type(e).__name__}: {e}", EXIT_RUNTIME)
@@ -116,8 +119,13 @@ def start(
         int | None, typer.Option(help="Epochs per trial (pins the space).", min=1)
     ] = None,
     subset: Annotated[int | None, typer.Option(help="Stratified training subset size.")] = None,
-    val_size: Annotated[int, typer.Option(help="Validation images (of 50,000).", min=0)] = 10_000,
+    val_size: Annotated[
+        int | None,
+        typer.Option(help="Validation images (default: a fifth, 10,000 of CIFAR's).", min=0),
+    ] = None,
     device: DeviceOpt = "auto",
+    data: DataOpt = None,
+    image_size: ImageSizeOpt = None,
     data_dir: DataDirOpt = None,
     storage: StorageOpt = None,
     seed: Annotated[
@@ -167,6 +175,7 @@ def start(
         seed=seed,
         subset=subset,
         val_size=val_size,
+        image_size=image_size,
         heartbeat=heartbeat,
         grace=grace,
         enqueue_only=enqueue_only,
@@ -177,6 +186,7 @@ def start(
             workers=workers,
             device=device,
             data_dir=data_dir,
+            data=data,
             checkpoint_dir=checkpoint_dir,
             max_restarts=max_restarts,
             log_dir=log_dir,
@@ -196,6 +206,10 @@ def worker(
     workers_per_gpu: PerGpuOpt = "1",
     workers: WorkersOpt = 1,
     device: DeviceOpt = "auto",
+    data: Annotated[
+        str | None,
+        typer.Option("--data", help="Where this machine keeps the study's folder: or npz: data."),
+    ] = None,
     data_dir: DataDirOpt = None,
     checkpoint_dir: CheckpointOpt = "checkpoints",
     worker_index: Annotated[
@@ -229,6 +243,7 @@ def worker(
             workers=workers,
             device=device,
             data_dir=data_dir,
+            data=data,
             checkpoint_dir=checkpoint_dir,
             max_restarts=max_restarts,
             log_dir=log_dir,

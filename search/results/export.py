@@ -17,7 +17,7 @@ own test accuracy is what `evaluate_export` reproduces.
 
 Example:
     >>> model = load_best_model("exports/zigzag")  # doctest: +SKIP
-    >>> logits = model(images)  # (B, 10); images normalised with model.json's mean/std
+    >>> logits = model(images)  # (B, classes); uint8 or [0, 1] images, normalised inside
 """
 
 from __future__ import annotations
@@ -53,6 +53,13 @@ from autosearch.search.results.exported import (
     test_accuracy,
 )
 from autosearch.search.training.data import CifarData, prepare_data
+from autosearch.search.training.datasets import (
+    DataSource,
+    default_val_size,
+    describe_source,
+    load_source,
+    parse_data,
+)
 from autosearch.search.training.device import resolve_device
 from autosearch.search.training.recipe import RecipeError, TrainRecipe
 from autosearch.search.training.trainer import EpochReport, train
@@ -64,9 +71,6 @@ LIBRARIES = ("autosearch", "torch", "torchvision", "optuna", "safetensors", "num
 
 
 SELECTION = "first seed (never chosen on the test set)"
-
-
-PLATEAU_VAL_SIZE = 10_000  # held out when the schedule reacts to validation loss
 
 
 # --------------------------------------------------------------------------- provenance
@@ -131,6 +135,8 @@ def export_trial(
     device: str = "auto",
     overwrite: bool = False,
     on_epoch: Callable[[int, EpochReport], None] | None = None,
+    data: DataSource | str | None = None,
+    identity: str | None = None,
 ) -> dict[str, Any]:
     """Retrain `trial`'s arch and recipe, test each seed once and write the export.
 
@@ -139,11 +145,13 @@ def export_trial(
         out: The export folder (created).
         study_name: Recorded for provenance.
         max_params: The budget the parameter count is checked against again.
-        data_dir, subset, val_size, seed: The data split, as in `prepare_data`. By
-            default (None) all 50,000 training images are trained on, except for the
-            plateau schedules, which need a validation loss and keep 10,000 back. `seed`
-            fixes the split; seed i of `seeds` trains with seed + i.
+        data, data_dir, subset, val_size, seed: The data and its split, as in
+            `prepare_data` (`data` a `DataSource` or --data value, default CIFAR-10).
+            By default (None) all training images are trained on, except for the
+            plateau schedules, which need a validation loss and keep a fifth back.
+            `seed` fixes the split; seed i of `seeds` trains with seed + i.
         epochs: Epochs instead of the recipe's.
+        identity: The study's data identity, which the data must have.
         seeds: Training runs; the first seed's weights are saved.
         device: auto, cpu or cuda[:N].
         overwrite: Replace an existing export in `out`.
@@ -158,9 +166,13 @@ def export_trial(
     if seeds < 1:
         raise ExportError(f"seeds must be at least 1, got {seeds}")
     spec, recipe, params = _trial_config(trial, max_params, epochs)
-    val_size = _validation_size(trial, recipe, val_size)
     dev = resolve_device(device)
-    data = prepare_data(data_dir, val_size=val_size, subset=subset, seed=seed, device=dev)
+    source = parse_data(data, data_dir=data_dir)
+    raw = load_source(source)
+    facts = data_facts(source, raw.classes, identity)
+    val_size = _validation_size(trial, recipe, val_size, len(raw.train_y))
+    data = prepare_data(raw=raw, val_size=val_size, subset=subset, seed=seed, device=dev)
+    check_fits(spec, data, trial.number)
     runs = [
         _train_and_test(
             spec,
@@ -174,7 +186,9 @@ def export_trial(
         )
         for i in range(seeds)
     ]
-    split = {"data_dir": data_dir, "subset": subset, "val_size": val_size, "seed": seed}
+    where = source.path if source.kind in ("cifar10", "cifar100") else None
+    split = {"data_dir": where, "subset": subset, "val_size": val_size, "seed": seed}
+    split.update(facts)
     info = _describe(trial, study_name, spec, recipe, max_params, runs, data, split, dev)
     info["weights_sha256"] = sha256_of(folder / WEIGHTS)
     info.update(versions=versions(), git_revision=git_revision(), created=_now())
@@ -199,15 +213,45 @@ def _trial_config(
         raise ExportError(f"trial {trial.number}: {e}") from None
 
 
-def _validation_size(trial: FrozenTrial, recipe: TrainRecipe, val_size: int | None) -> int:
-    """None means 0, except for schedules that step on validation loss."""
+def data_facts(source: DataSource, classes: list[str], expect: str | None = None) -> dict[str, Any]:
+    """What model.json records of the data beyond its split: enough to find it again
+    (`source`, `image_size`) and to know it is the same (`identity`), which must be
+    `expect` (the study's data) when given."""
+    identity = describe_source(source, download=False).identity
+    if expect is not None and identity != expect:
+        raise ExportError(
+            f"--data {source.spec} is {identity}, but the study trained on {expect}; "
+            "point --data at the study's data"
+        )
+    return {
+        "source": source.spec,
+        "image_size": source.image_size,
+        "identity": identity,
+        "classes": list(classes),
+    }
+
+
+def check_fits(spec: ArchSpec, data: CifarData, number: int) -> None:
+    """The trial's network must take the data's images and classes."""
+    if (spec.num_classes, spec.input_size) != (data.num_classes, data.image_size):
+        raise ExportError(
+            f"trial {number}'s network classifies {spec.num_classes} classes of "
+            f"{spec.input_size}px images, but the data has {data.num_classes} classes of "
+            f"{data.image_size}px; export it with the study's --data"
+        )
+
+
+def _validation_size(
+    trial: FrozenTrial, recipe: TrainRecipe, val_size: int | None, total: int
+) -> int:
+    """None means 0, except for schedules that step on validation loss (a fifth)."""
     metric_driven = recipe.schedule in ("plateau", "zigzag_plateau")
     if val_size is None:
-        return PLATEAU_VAL_SIZE if metric_driven else 0
+        return default_val_size(total) if metric_driven else 0
     if val_size == 0 and metric_driven:
         raise ExportError(
             f"trial {trial.number}'s {recipe.schedule!r} schedule steps on validation loss; "
-            f"--val-size 0 leaves none (try --val-size {PLATEAU_VAL_SIZE})"
+            f"--val-size 0 leaves none (try --val-size {default_val_size(total)})"
         )
     return val_size
 
@@ -309,7 +353,9 @@ def model_card(info: dict[str, Any]) -> str:
     val = "none (no validation split)" if info["val_acc"] is None else f"{info['val_acc']:.4f}"
     searched = "-" if s["val_acc"] is None else f"{s['val_acc']:.4f}"
     arch = spec.describe().replace("|", "\\|")  # a bare | would end the table cell
-    return f"""# CIFAR-10 ResNet from study `{s["study"]}`, trial {s["trial"]}
+    size = spec.input_size
+    title = d.get("source", "cifar10")
+    return f"""# ResNet for {title} from study `{s["study"]}`, trial {s["trial"]}
 
 | | |
 |---|---|
@@ -326,15 +372,16 @@ def model_card(info: dict[str, Any]) -> str:
 | device | {info["device_name"]} |
 | git revision | {info["git_revision"]} |
 
-Inputs are (B, 3, 32, 32) RGB images scaled to [0, 1], then normalised with
-mean {tuple(round(m, 4) for m in d["mean"])} and std {tuple(round(v, 4) for v in d["std"])}.
-The test accuracy averages the logits of each image and its mirror image when flip TTA
-is on.
+The network takes (B, 3, {size}, {size}) RGB images scaled to [0, 1], then normalised
+with mean {tuple(round(m, 4) for m in d["mean"])} and std \
+{tuple(round(v, 4) for v in d["std"])}, and returns (B, {spec.num_classes}) logits. The test
+accuracy averages the logits of each image and its mirror image when flip TTA is on.
 
 ```python
 from autosearch import load_best_model
 
 model = load_best_model("path/to/this/folder")  # eval mode, on the CPU
+logits = model(images)  # uint8 (0-255) or float [0, 1] images; it normalises them
 ```
 
 `autosearch evaluate path/to/this/folder` rebuilds the model from `model.json`, checks

@@ -18,6 +18,7 @@ import torch
 from autosearch.models import DEFAULT_MAX_PARAMS, ArchSpec, SpecError, build_model
 from autosearch.models import count_params as spec_params
 from autosearch.search.training.data import CifarData, prepare_data
+from autosearch.search.training.datasets import describe_source, parse_data
 from autosearch.search.training.device import memory_format, resolve_device
 from autosearch.search.training.evaluation import evaluate
 from autosearch.search.training.recipe import TrainRecipe
@@ -170,21 +171,52 @@ def load_export(
     return load_weights(weights, spec, params), info
 
 
+class NormalizedModel(nn.Module):
+    """A trained network that takes images as they come and normalises them itself.
+
+    Input: (B, 3, S, S) RGB images, uint8 in 0-255 or float in [0, 1] (S =
+    `spec.input_size`). They are standardised with the training split's per-channel
+    `mean` and `std` (buffers, saved with the state dict), then `net` returns
+    (B, classes) logits. `net` is the bare network, for inputs normalised already.
+    """
+
+    def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.net = net
+        self.spec = net.spec
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, S, S) -> (B, classes)
+        x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
+        return self.net((x - self.mean) / self.std)
+
+
 def load_best_model(
     folder: str | Path,
     *,
     device: str | torch.device = "cpu",
     max_params: int = DEFAULT_MAX_PARAMS,
-) -> nn.Module:
+) -> NormalizedModel:
     """The trained model of an export folder, checked against its spec, in eval mode.
 
     Refuses a folder whose architecture exceeds `max_params` (default 5,000,000) or
-    whose weights are not the ones model.json records. Feed it (B, 3, 32, 32) images
-    scaled to [0, 1] and normalised with model.json's data.mean and data.std; it
-    returns (B, 10) logits.
+    whose weights are not the ones model.json records. The model takes (B, 3, S, S)
+    RGB images, uint8 (0-255) or float in [0, 1], normalises them with model.json's
+    data.mean and data.std itself, and returns (B, classes) logits; `model.net` is the
+    bare network and `model.spec` its `ArchSpec`.
+
+    Example:
+        >>> model = load_best_model("best/")  # doctest: +SKIP
+        >>> model(torch.zeros(4, 3, 32, 32, dtype=torch.uint8)).shape  # doctest: +SKIP
+        torch.Size([4, 10])
     """
-    model, _ = load_export(folder, max_params=max_params)
-    return model.to(resolve_device(device)).eval()
+    net, info = load_export(folder, max_params=max_params)
+    try:
+        mean, std = tuple(info["data"]["mean"]), tuple(info["data"]["std"])
+    except (KeyError, TypeError) as e:
+        raise ExportError(f"{Path(folder) / INFO} records no data.mean and data.std: {e}") from None
+    return NormalizedModel(net, mean, std).to(resolve_device(device)).eval()
 
 
 def _recorded(folder: Path, info: dict[str, Any]) -> tuple[dict[str, Any], TrainRecipe]:
@@ -203,39 +235,62 @@ def _recorded(folder: Path, info: dict[str, Any]) -> tuple[dict[str, Any], Train
         raise ExportError(f"{folder / INFO} is malformed: {e}") from None
 
 
+def _recorded_source(d: dict[str, Any], data: str | None, data_dir: str | None):
+    """The data model.json names, where this machine keeps it: `data` (a --data value)
+    and `data_dir` (for CIFAR) override the recorded places, never the identity."""
+    text = data or d.get("source", "cifar10")
+    cifar = text.partition(":")[0].lower() in ("cifar10", "cifar100")
+    source = parse_data(
+        text,
+        data_dir=(data_dir or d.get("data_dir")) if cifar else None,
+        image_size=None if cifar else d.get("image_size"),
+    )
+    recorded = d.get("identity")
+    if recorded is not None:
+        found = describe_source(source).identity
+        if found != recorded:
+            raise ExportError(
+                f"--data {source.spec} is {found}, not the data of the export ({recorded})"
+            )
+    return source
+
+
 def evaluate_export(
     folder: str | Path,
     *,
     data_dir: str | None = None,
     device: str = "auto",
     max_params: int = DEFAULT_MAX_PARAMS,
+    data: str | None = None,
 ) -> dict[str, Any]:
     """Rebuild an export, load its weights and measure its test accuracy again.
 
-    The test split is rebuilt from model.json's data settings; `data_dir` overrides the
-    recorded folder. Returns test_acc, the recorded value and whether they are equal.
+    The test split is rebuilt from model.json's data settings; `data` (a --data value)
+    and `data_dir` override the recorded places. Returns test_acc, the recorded value
+    and whether they are equal.
     """
     dev = resolve_device(device)
     d, recipe = _recorded(Path(folder), read_info(folder))
     model, info = load_export(folder, max_params=max_params)
-    data = prepare_data(
-        data_dir or d.get("data_dir"),
+    source = _recorded_source(d, data, data_dir)
+    split = prepare_data(
+        source=source,
         val_size=d["val_size"],
         subset=d["subset"],
         seed=d["seed"],
         device=dev,
     )
-    if len(data.test_y) != d["test_images"] or not all(
-        math.isclose(a, b, rel_tol=1e-6) for a, b in zip(data.mean, d["mean"], strict=True)
+    if len(split.test_y) != d["test_images"] or not all(
+        math.isclose(a, b, rel_tol=1e-6) for a, b in zip(split.mean, d["mean"], strict=True)
     ):
         raise ExportError(
-            f"the data found ({len(data.test_y)} test images, mean "
-            f"{tuple(round(m, 4) for m in data.mean)}) is not the data of the export "
+            f"the data found ({len(split.test_y)} test images, mean "
+            f"{tuple(round(m, 4) for m in split.mean)}) is not the data of the export "
             f"({d['test_images']} test images, mean {tuple(round(m, 4) for m in d['mean'])})"
         )
     # The export's normalisation, not a recomputed one, defines the model's inputs.
-    data.mean, data.std = tuple(d["mean"]), tuple(d["std"])
-    test_loss, test_acc = test_accuracy(model, data, recipe, dev)
+    split.mean, split.std = tuple(d["mean"]), tuple(d["std"])
+    test_loss, test_acc = test_accuracy(model, split, recipe, dev)
     return {
         "test_acc": test_acc,
         "test_loss": test_loss,
@@ -244,5 +299,5 @@ def evaluate_export(
         "device": dev.type,
         "recorded_device": info.get("device"),
         "params": info["params"],
-        "test_images": len(data.test_y),
+        "test_images": len(split.test_y),
     }

@@ -19,9 +19,9 @@ Figure = go.Figure | str  # a figure, or the reason there is none
 
 # Search-space parameters that shape the network; every other parameter is the recipe's.
 ARCH_PARAMS = frozenset(
-    {"stages", "skip_kernel", "downsamples", "stem_width", "pool", "width_base", "width_growth"}
+    {"stages", "skip_kernel", "downsamples", "stem_width", "pool", "fill", "width_growth"}
 )
-ARCH_PREFIXES = ("width_", "repeats_", "kernel_", "down_at_")
+ARCH_PREFIXES = ("rel_width_", "width_", "repeats_", "kernel_", "down_at_")
 COLOURS = {"complete": "#1f77b4", "pruned": "#ff7f0e", "failed": "#d62728", "running": "#999"}
 MAX_AXES = 12  # more parallel-coordinate axes than this cannot be read
 MIN_FOR_IMPORTANCE = 3

@@ -3,7 +3,7 @@
 `schema` defines a space as frozen, validated data (architecture ranges, recipe ranges,
 seed configurations); `presets` names the built-in spaces; `sampling` is the only code
 that calls `trial.suggest_*` and turns a trial into an `ArchSpec` and a `TrainRecipe`;
-`seeds` maps the seed configurations onto a space's parameters; `files` reads TOML
+`seeds` finds the parameters that rebuild each seed configuration exactly; `files` reads TOML
 spaces and the copy stored on a study. Nothing here imports torch.
 """
 
@@ -18,9 +18,10 @@ from autosearch.search.space.sampling import (
     BASE_LR,
     WIDTH_MULTIPLE,
     Sample,
+    derive_widths,
     infeasible_rate,
     sample,
-    shrink_to_budget,
+    width_ladder,
 )
 from autosearch.search.space.schema import (
     SEARCHABLE_AUGMENTS,
@@ -42,15 +43,16 @@ __all__ = [
     "Sample",
     "SearchSpace",
     "SpaceError",
+    "derive_widths",
     "get_space",
     "infeasible_rate",
     "load_space",
     "sample",
     "seed_config",
     "seed_params",
-    "shrink_to_budget",
     "space_from_dict",
     "space_from_stored",
     "validate_space",
+    "width_ladder",
     "with_epochs",
 ]

@@ -31,6 +31,12 @@ def space_from_dict(data: dict[str, Any], *, source: str) -> SearchSpace:
         known = {f.name: f for f in fields(cls)}
         changes = {}
         for key, value in table.items():
+            if section == "arch" and key == "fit_budget":
+                raise SpaceError(
+                    f"{source}: arch.fit_budget is no longer a key: widths are no longer "
+                    "shrunk to the budget, they follow arch.fill (the share of the budget "
+                    "a net fills); remove the key"
+                )
             if key not in known:
                 raise SpaceError(
                     f"{source}: unknown key {section}.{key} = {value!r} (known: {', '.join(known)})"
@@ -77,6 +83,13 @@ def space_from_stored(data: dict[str, Any]) -> SearchSpace:
 
     def tuples(table: dict[str, Any]) -> dict[str, Any]:
         return {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
+
+    if "fit_budget" in data["arch"]:
+        # Its trials' widths were shrunk after sampling: their parameters mean other nets.
+        raise SpaceError(
+            f"study space {data['name']!r} shrinks widths to the budget (arch.fit_budget), "
+            "which this version no longer does; start a new study"
+        )
 
     return SearchSpace(
         name=data["name"],

@@ -32,35 +32,76 @@ BASE_LR = {
 }
 
 
-WIDTH_MULTIPLE = 8  # widths are rounded to multiples of 8, which tensor cores like
+WIDTH_MULTIPLE = 8  # widths are multiples of 8, which tensor cores like
+MAX_WIDTH = 4096  # the widest stage `ArchSpec` allows
 
 
 @dataclass(frozen=True)
 class Sample:
-    """What one trial trains: the architecture, the recipe and how the arch was fitted."""
+    """What one trial trains: the architecture, the recipe and the scale of its widths."""
 
     arch: ArchSpec
     recipe: TrainRecipe
-    shrink: float = 1.0  # common width factor applied to fit the budget (1.0: none)
+    scale: int = 0  # the width the rule chose (see `derive_widths`); 0 for a fixed arch
 
 
-def _round_width(w: float, low: int) -> int:
-    return max(low, int(round(w / WIDTH_MULTIPLE)) * WIDTH_MULTIPLE)
+def width_ladder(widths: tuple[int, int]) -> list[int]:
+    """The scales a space may use: every multiple of 8 within its `widths` range."""
+    low = -(-widths[0] // WIDTH_MULTIPLE) * WIDTH_MULTIPLE
+    return list(range(low, widths[1] + 1, WIDTH_MULTIPLE))
 
 
-def _sample_arch(trial: optuna.Trial, a: ArchSpace) -> ArchSpec:
-    if a.fixed is not None:
-        return get_preset(a.fixed)
-    n = trial.suggest_int("stages", *a.stages)
-    lo, hi = a.widths
+def derive_widths(shape: list[float], scale: int, low: int) -> tuple[int, ...]:
+    """Stage widths at one scale: scale x shape[i], rounded to a multiple of 8, at
+    least `low` (the space's narrowest multiple of 8) and at most 4096."""
+    return tuple(
+        min(MAX_WIDTH, max(low, round(scale * r / WIDTH_MULTIPLE) * WIDTH_MULTIPLE)) for r in shape
+    )
+
+
+def fit_scale(build, ladder: list[int], target: float) -> int:
+    """The largest scale on `ladder` whose net `build(scale)` has <= `target` params,
+    found by bisection; the smallest scale when none fits.
+
+    A net's count grows with its scale, except that rounding may make two neighbouring
+    stages equal at some scale and drop a projection; bisection makes the choice a
+    fixed function of the trial's parameters all the same.
+    """
+    if count_params(build(ladder[-1])) <= target:
+        return ladder[-1]
+    lo, hi = 0, len(ladder) - 1  # ladder[hi] never fits; ladder[lo] fits or is the bottom
+    if count_params(build(ladder[lo])) > target:
+        return ladder[lo]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if count_params(build(ladder[mid])) <= target:
+            lo = mid
+        else:
+            hi = mid
+    return ladder[lo]
+
+
+def _sample_shape(trial: optuna.Trial, a: ArchSpace, n: int) -> list[float]:
+    """Each stage's width relative to the scale: growth^i for a monotonic space (the
+    scale is the first stage's width), else free relative widths within the range's
+    spread, divided by the widest (the scale is the widest stage's width)."""
     if a.monotonic:
-        base = trial.suggest_int("width_base", lo, hi, log=True)
         growth = trial.suggest_float("width_growth", *a.growth)
-        widths = [min(4096, _round_width(base * growth**i, lo)) for i in range(n)]
-    else:
-        widths = [
-            _round_width(trial.suggest_int(f"width_{i}", lo, hi, log=True), lo) for i in range(n)
-        ]
+        return [growth**i for i in range(n)]
+    lo, hi = a.widths
+    rel = [trial.suggest_float(f"rel_width_{i}", lo / hi, 1.0, log=True) for i in range(n)]
+    top = max(rel)
+    return [r / top for r in rel]
+
+
+def _sample_arch(
+    trial: optuna.Trial, a: ArchSpace, max_params: int, num_classes: int, size: int
+) -> tuple[ArchSpec, int]:
+    if a.fixed is not None:
+        return replace(get_preset(a.fixed), num_classes=num_classes, input_size=size), 0
+    n = trial.suggest_int("stages", *a.stages)
+    shape = _sample_shape(trial, a, n)
+    fill = trial.suggest_float("fill", *a.fill)
     repeats = [trial.suggest_int(f"repeats_{i}", *a.repeats) for i in range(n)]
     kernels = [trial.suggest_categorical(f"kernel_{i}", a.kernels) for i in range(n)]
     skip = trial.suggest_categorical("skip_kernel", a.skip_kernels)
@@ -74,38 +115,24 @@ def _sample_arch(trial: optuna.Trial, a: ArchSpace) -> ArchSpec:
         free = [i for i in range(1, n) if i not in strided]
         strided.add(free[min(len(free) - 1, int(pos * len(free)))])
     stem = trial.suggest_categorical("stem_width", a.stem_widths)
-    final = INPUT_SIZE >> len(strided)
+    final = size >> len(strided)
     pools = [p for p in a.pools if p <= final] or [0]
     pool = trial.suggest_categorical("pool", a.pools)
     pool = pool if pool in pools else 0
-    stages = tuple(
-        StageSpec(w, r, 2 if i in strided else 1, k, skip)
-        for i, (w, r, k) in enumerate(zip(widths, repeats, kernels, strict=True))
-    )
-    return ArchSpec(stages=stages, stem_width=stem, pool=pool)
+    ladder = width_ladder(a.widths)
 
+    def build(scale: int) -> ArchSpec:
+        widths = derive_widths(shape, scale, ladder[0])
+        stages = tuple(
+            StageSpec(w, r, 2 if i in strided else 1, k, skip)
+            for i, (w, r, k) in enumerate(zip(widths, repeats, kernels, strict=True))
+        )
+        return ArchSpec(
+            stages=stages, stem_width=stem, pool=pool, num_classes=num_classes, input_size=size
+        )
 
-def shrink_to_budget(spec: ArchSpec, limit: int, low: int = 16) -> tuple[ArchSpec, float]:
-    """Scale every stage width by one factor (largest that fits), rounding to 8s.
-
-    Returns the spec unchanged with factor 1.0 when it already fits, and the smallest
-    spec with factor 0.0 when even `low`-wide stages do not fit.
-    """
-    if count_params(spec) <= limit:
-        return spec, 1.0
-
-    def scaled(f: float) -> ArchSpec:
-        stages = tuple(replace(s, width=_round_width(s.width * f, low)) for s in spec.stages)
-        return replace(spec, stages=stages)
-
-    lo_f, hi_f = 0.0, 1.0
-    for _ in range(30):
-        mid = (lo_f + hi_f) / 2
-        if count_params(scaled(mid)) <= limit:
-            lo_f = mid
-        else:
-            hi_f = mid
-    return scaled(lo_f), lo_f
+    scale = fit_scale(build, ladder, fill * max_params)
+    return build(scale), scale
 
 
 def _sample_recipe(trial: optuna.Trial, r: RecipeSpace) -> TrainRecipe:
@@ -147,7 +174,7 @@ def _sample_recipe(trial: optuna.Trial, r: RecipeSpace) -> TrainRecipe:
         schedule=schedule,
         label_smoothing=smoothing,
         ema=float(ema),
-        tta=r.tta,
+        tta=trial.suggest_categorical("tta", r.tta),
         augment=_sample_augment(trial, r.augments),
         **extra,
     )
@@ -184,20 +211,27 @@ def _sample_augment(trial: optuna.Trial, names: tuple[str, ...]) -> tuple[Augmen
     return tuple(augs)
 
 
-def sample(trial: optuna.Trial, space: SearchSpace, *, max_params: int) -> Sample:
+def sample(
+    trial: optuna.Trial,
+    space: SearchSpace,
+    *,
+    max_params: int,
+    num_classes: int = 10,
+    input_size: int = INPUT_SIZE,
+) -> Sample:
     """Draw one architecture and recipe from `space` for `trial`.
 
-    Over-budget architectures are shrunk to fit when the space says `fit_budget`;
-    otherwise they come back as drawn, and the caller records them as infeasible.
+    The architecture classifies `num_classes` classes of `input_size` pixel images
+    (the data's), which its parameter count includes. The trial's parameters alone
+    (with `max_params` and the data's shape) fix the result: a trial draws the
+    shape of the width schedule and the share of the budget to fill (`fill`), and the
+    widths are the shape at the largest scale whose net has at most fill x max_params
+    parameters. A net over `max_params` even at the smallest scale comes back as it
+    is, and the caller records it as infeasible.
     """
-    arch = _sample_arch(trial, space.arch)
+    arch, scale = _sample_arch(trial, space.arch, max_params, num_classes, input_size)
     recipe = _sample_recipe(trial, space.recipe)
-    shrink = 1.0
-    if space.arch.fixed is None and space.arch.fit_budget:
-        fitted, shrink = shrink_to_budget(arch, max_params, low=space.arch.widths[0])
-        if shrink > 0:
-            arch = fitted
-    return Sample(arch=arch, recipe=recipe, shrink=shrink)
+    return Sample(arch=arch, recipe=recipe, scale=scale)
 
 
 def infeasible_rate(

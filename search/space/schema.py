@@ -29,18 +29,19 @@ class ArchSpace:
 
     fixed: str | None = None  # an architecture preset: the architecture is not searched
     stages: tuple[int, int] = (3, 7)
-    widths: tuple[int, int] = (16, 512)  # per stage, sampled on a log scale
-    monotonic: bool = False  # widths = base x growth^i instead of free per stage
+    # Every stage's width (free spaces) or the first stage's (monotonic ones), channels.
+    widths: tuple[int, int] = (16, 512)
+    monotonic: bool = False  # widths grow by one factor per stage instead of a free shape
     growth: tuple[float, float] = (1.5, 2.5)  # monotonic only
+    # The share of the parameter budget a net fills: its widths are the largest scale
+    # of the drawn shape that stays within fill x max_params (see `sampling`).
+    fill: tuple[float, float] = (0.25, 1.0)
     repeats: tuple[int, int] = (1, 4)  # per stage
     kernels: tuple[int, ...] = (3, 5)  # per stage
     skip_kernels: tuple[int, ...] = (1, 3)  # one choice for the whole net
     downsamples: tuple[int, int] = (2, 4)  # stride-2 stages; the first stage never strides
     stem_widths: tuple[int, ...] = (32, 64)
     pools: tuple[int, ...] = (0,)
-    # Shrink all widths by one common factor when a sample exceeds the budget, so that
-    # over-budget samples stay rare; with false they are recorded as infeasible.
-    fit_budget: bool = True
 
 
 @dataclass(frozen=True)
@@ -49,16 +50,23 @@ class RecipeSpace:
 
     fixed: str | None = None  # a named recipe: the recipe is not searched
     optimizers: tuple[str, ...] = ("nesterov", "sgd", "adamw", "adam")
-    lr_mult: tuple[float, float] = (0.3, 5.0)  # x BASE_LR[optimizer], log scale
+    # The ranges hold the seed report's recipe (lr 0.01 = 0.1 x 0.1, batch 32, plateau,
+    # no TTA) and `fast`, so the seed configurations are trials of the space.
+    lr_mult: tuple[float, float] = (0.05, 5.0)  # x BASE_LR[optimizer], log scale
     momentum: tuple[float, float] = (0.8, 0.95)
     weight_decay: tuple[float, float] = (1e-5, 1e-3)  # log scale
-    batch_sizes: tuple[int, ...] = (256, 512, 1024)
+    batch_sizes: tuple[int, ...] = (32, 256, 512, 1024)
     epochs: tuple[int, int] = (15, 15)
-    schedules: tuple[str, ...] = ("onecycle", "cosine", "step", "zigzag_plateau")
+    schedules: tuple[str, ...] = ("onecycle", "cosine", "step", "plateau", "zigzag_plateau")
     label_smoothing: tuple[float, float] = (0.0, 0.3)
     ema: tuple[float, ...] = (0.0,)
     augments: tuple[str, ...] = ("crop", "flip", "resized_crop", "cutout")
-    tta: bool = True
+    tta: tuple[bool, ...] = (True, False)  # flip test-time augmentation; true alone fixes it
+
+    def __post_init__(self) -> None:
+        # A single true or false (as older spaces and TOML files write it) is one choice.
+        if isinstance(self.tta, bool):
+            object.__setattr__(self, "tta", (self.tta,))
 
 
 @dataclass(frozen=True)
@@ -122,7 +130,10 @@ def validate_space(space: SearchSpace) -> None:
             raise SpaceError(f"arch.fixed: {e.args[0]}") from None
     _pair("arch.stages", a.stages, int, low=1, high=8)
     _pair("arch.widths", a.widths, int, low=1, high=4096)
+    if -(-a.widths[0] // 8) * 8 > a.widths[1]:
+        raise SpaceError(f"arch.widths {list(a.widths)} holds no multiple of 8")
     _pair("arch.growth", a.growth, float, low=1.0, high=4.0)
+    _pair("arch.fill", a.fill, float, low=0.01, high=1.0)
     _pair("arch.repeats", a.repeats, int, low=1, high=64)
     _pair("arch.downsamples", a.downsamples, int, low=0, high=5)
     _choices("arch.kernels", a.kernels, (3, 5))
@@ -135,9 +146,8 @@ def validate_space(space: SearchSpace) -> None:
         )
     if max(a.pools) > INPUT_SIZE >> a.downsamples[1]:
         raise SpaceError(f"arch.pools {list(a.pools)} exceed the final map of some samples")
-    for f in ("monotonic", "fit_budget"):
-        if not isinstance(getattr(a, f), bool):
-            raise SpaceError(f"arch.{f} must be true or false, got {getattr(a, f)!r}")
+    if not isinstance(a.monotonic, bool):
+        raise SpaceError(f"arch.monotonic must be true or false, got {a.monotonic!r}")
     if r.fixed is not None:
         try:
             get_recipe(r.fixed)
@@ -155,8 +165,8 @@ def validate_space(space: SearchSpace) -> None:
     for i, e in enumerate(r.ema):
         if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0 <= e < 1:
             raise SpaceError(f"recipe.ema[{i}] must be a decay in [0, 1), got {e!r}")
-    if not isinstance(r.tta, bool):
-        raise SpaceError(f"recipe.tta must be true or false, got {r.tta!r}")
+    if not isinstance(r.tta, tuple) or not r.tta or not all(isinstance(t, bool) for t in r.tta):
+        raise SpaceError(f"recipe.tta must be true, false or a list of them, got {r.tta!r}")
     for i, pair in enumerate(space.seeds):
         if not (isinstance(pair, tuple) and len(pair) == 2):
             raise SpaceError(f"seeds[{i}] must be [arch preset, recipe name], got {pair!r}")

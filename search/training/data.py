@@ -1,8 +1,8 @@
-"""CIFAR-10 on the device: seeded stratified splits and on-the-fly normalisation.
+"""The data on the device: seeded stratified splits and on-the-fly normalisation.
 
-Flow: `sources.load_cifar10` reads the images into numpy, the stratified helpers pick
-index sets, and `prepare_data` turns them into a `CifarData` of uint8 tensors on the
-training device.
+Flow: `datasets.load_source` reads the images (CIFAR or your own) into numpy, the
+stratified helpers pick index sets, and `prepare_data` turns them into a `CifarData` of
+uint8 tensors on the training device.
 """
 
 from __future__ import annotations
@@ -13,7 +13,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from autosearch.search.training.sources import RawCifar, load_cifar10
+from autosearch.search.training.datasets import (
+    DataSource,
+    default_val_size,
+    load_source,
+    parse_data,
+)
+from autosearch.search.training.sources import RawCifar
 
 # --------------------------------------------------------------------------- splits
 
@@ -86,8 +92,9 @@ def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
 class CifarData:
     """A train/validation/test split held as uint8 images on one device.
 
-    Images are (N, 3, 32, 32) uint8, labels (N,) int64. `mean` and `std` are per-channel
-    statistics of the training split in [0, 1] units, used to normalise on the fly.
+    Images are (N, 3, S, S) uint8 (S = 32 for CIFAR), labels (N,) int64. `mean` and
+    `std` are per-channel statistics of the training split in [0, 1] units, used to
+    normalise on the fly.
     """
 
     train_x: torch.Tensor
@@ -106,6 +113,10 @@ class CifarData:
             for k in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")
         }
         return CifarData(**move, mean=self.mean, std=self.std, num_classes=self.num_classes)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train_x.shape[-1])
 
 
 def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
@@ -142,20 +153,23 @@ def _to_device(images: np.ndarray, labels: np.ndarray, device: torch.device) -> 
 def prepare_data(
     data_dir: str | Path | None = None,
     *,
-    val_size: int = 10_000,
+    val_size: int | None = None,
     subset: int | None = None,
     seed: int = 0,
     device: torch.device | str = "cpu",
     download: bool = True,
     raw: RawCifar | None = None,
+    source: DataSource | str | None = None,
 ) -> CifarData:
-    """Load CIFAR-10 and make the seeded train/validation/test split on `device`.
+    """Load the data and make the seeded train/validation/test split on `device`.
 
-    Without `subset`, the 50,000 training images split into 50,000 - val_size training
-    and val_size validation images, and the test set is the full 10,000. With
-    `subset=N`, a stratified N-image sample of the training images is split in the same
-    proportion (val_size / 50,000 of it, at least one image per class when val_size > 0)
-    and the test set is a stratified sample of max(classes, N // 5) images, for quick
+    `source` is a `DataSource` or a --data value (default CIFAR-10, found in
+    `data_dir`). Without `subset`, the N training images split into N - val_size
+    training and val_size validation images (default: a fifth, 10,000 of CIFAR's
+    50,000), and the test set is the whole test split. With
+    `subset=K`, a stratified K-image sample of the training images is split in the same
+    proportion (val_size / N of it, at least one image per class when val_size > 0)
+    and the test set is a stratified sample of max(classes, K // 5) images, for quick
     runs. The test set is for final reports only; searches score on validation.
     `mean` and `std` come from the training split alone. Pass `raw` to skip reading.
 
@@ -165,9 +179,12 @@ def prepare_data(
         (torch.Size([1600, 3, 32, 32]), torch.Size([400, 3, 32, 32]), torch.Size([400, 3, 32, 32]))
     """
     if raw is None:
-        raw = load_cifar10(data_dir, download=download)
+        chosen = parse_data(source, data_dir=None if isinstance(source, DataSource) else data_dir)
+        raw = load_source(chosen, download=download)
     num_classes = len(raw.classes)
     total = len(raw.train_y)
+    if val_size is None:
+        val_size = default_val_size(total)
     val_size = _check_count("val_size", val_size, 0, total - 1, total)
     if subset is None:
         pool = np.arange(total)

@@ -191,7 +191,7 @@ class TrainRecipe:
     ema: float = 0.0  # decay of an exponential moving average of weights; 0 = off
     tta: bool = True  # evaluate on the image and its mirror, averaging the logits
     augment: tuple[AugmentSpec, ...] = _default_augment()
-    name: str = ""
+    name: str = field(default="", compare=False)  # a label: equal recipes train alike
 
     def __post_init__(self) -> None:
         augs = tuple(

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from autosearch.models import ArchSpec, build_model, count_flops, count_params
 from autosearch.search.training.data import prepare_data
+from autosearch.search.training.datasets import DataSource, parse_data
 from autosearch.search.training.device import resolve_device
 from autosearch.search.training.evaluation import evaluate
 from autosearch.search.training.recipe import TrainRecipe
@@ -20,10 +21,11 @@ def run_training(
     *,
     data_dir: str | None = None,
     subset: int | None = None,
-    val_size: int = 10_000,
+    val_size: int | None = None,
     seed: int = 0,
     device: str = "auto",
     on_epoch: Callable[[EpochReport], None] | None = None,
+    data: DataSource | str | None = None,
 ) -> dict[str, Any]:
     """Train `spec` with `recipe`, then evaluate once on the test set.
 
@@ -33,7 +35,13 @@ def run_training(
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise ValueError(f"seed must be a whole number from 0 to {2**32 - 1}, got {seed!r}")
     dev = resolve_device(device)
-    data = prepare_data(data_dir, val_size=val_size, subset=subset, seed=seed, device=dev)
+    source = parse_data(data, data_dir=data_dir)
+    data = prepare_data(source=source, val_size=val_size, subset=subset, seed=seed, device=dev)
+    if (spec.num_classes, spec.input_size) != (data.num_classes, data.image_size):
+        raise ValueError(
+            f"the network takes {spec.num_classes} classes of {spec.input_size}px images, "
+            f"the data has {data.num_classes} classes of {data.image_size}px"
+        )
     # Initial weights come from the global generator: seeded, one seed gives one run.
     torch.manual_seed(seed)
     model = build_model(spec)

@@ -12,8 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from autosearch.search.space import SPACES, SearchSpace, SpaceError, get_space, load_space
+from autosearch.search.training.datasets import (
+    DataError,
+    DataSource,
+    SourceInfo,
+    describe_source,
+    parse_data,
+)
 from autosearch.search.training.device import resolve_device
-from autosearch.search.training.sources import DataNotFoundError, locate_cifar10
+from autosearch.search.training.sources import DataNotFoundError
 from autosearch.search.tuning.launcher import LaunchError, parse_gpus, plan_slots, visible_gpus
 from autosearch.search.tuning.settings import PRUNERS, SAMPLERS, StudyError
 from autosearch.search.tuning.tracking import parse_tracks
@@ -27,8 +34,7 @@ from autosearch.storage.urls import (
     sqlite_file,
 )
 
-TRAIN_IMAGES = 50_000  # CIFAR-10's training split, from which validation is held out
-MIN_SUBSET = 20  # two images per class: one to train on, one to validate
+TRAIN_IMAGES = 50_000  # CIFAR's training split, from which validation is held out
 MAX_SEED = 2**32 - 1  # NumPy and the samplers take seeds below 2**32
 
 
@@ -69,8 +75,8 @@ def storage_url(url: str | None, *, shared: bool, must_exist: bool) -> str:
     return resolved
 
 
-def placement(p: Any, *, needs_data: bool) -> None:
-    """Where trials run on this machine: workers, GPUs or device, data and folders."""
+def placement(p: Any) -> None:
+    """Where trials run on this machine: workers, GPUs or device, and folders."""
     _integer("--workers", p.workers, 1)
     _integer("--max-restarts", p.max_restarts, 0)
     if p.gpus is not None and p.workers > 1:
@@ -89,19 +95,69 @@ def placement(p: Any, *, needs_data: bool) -> None:
     for flag, folder in (("--checkpoint-dir", p.checkpoint_dir), ("--log-dir", p.log_dir)):
         if folder is not None and Path(folder).expanduser().is_file():
             raise StudyError(f"{flag} {folder!r} is a file, not a folder")
-    if needs_data:
-        try:
-            locate_cifar10(p.data_dir)
-        except DataNotFoundError as e:
-            raise StudyError(str(e)) from None
 
 
-def data_settings(subset: Any, val_size: Any) -> None:
+def _source(text: str | None, data_dir: str | None, image_size: int | None) -> DataSource:
+    try:
+        return parse_data(text, data_dir=data_dir, image_size=image_size)
+    except DataError as e:
+        raise StudyError(str(e)) from None
+
+
+def _describe(source: DataSource, *, locate: bool = True) -> SourceInfo:
+    try:
+        return describe_source(source, locate=locate)
+    except (DataError, DataNotFoundError) as e:
+        raise StudyError(str(e)) from None
+
+
+def data_settings(subset: Any, val_size: Any, info: SourceInfo | None = None) -> None:
+    """--subset and --val-size against the data's training images (CIFAR's 50,000
+    when `info` does not count them)."""
+    total = info.train_images if info is not None and info.train_images else TRAIN_IMAGES
+    classes = info.num_classes if info is not None else 10
     if subset is not None:
-        _integer("--subset", subset, MIN_SUBSET, TRAIN_IMAGES)
+        # two images per class: one to train on, one to validate
+        _integer("--subset", subset, 2 * classes, total)
     # A search scores trials on validation accuracy: without a validation split every
     # trial would end without a value.
-    _integer("--val-size", val_size, 1, TRAIN_IMAGES - 1)
+    if val_size is not None:
+        _integer("--val-size", val_size, 1, total - 1)
+
+
+def start_data(r: Any) -> tuple[DataSource, SourceInfo]:
+    """The data a `StartRequest` names, found and described, with its split checked.
+
+    With `enqueue_only` CIFAR need not be on this machine (its name is its identity);
+    a folder or npz must be, to record what it holds.
+    """
+    source = _source(r.placement.data, r.placement.data_dir, r.image_size)
+    info = _describe(source, locate=not r.enqueue_only)
+    data_settings(r.subset, r.val_size, info)
+    return source, info
+
+
+def settings_source(run: Any, data: Any, p: Any) -> DataSource:
+    """The data a study trains on, read where this machine keeps it: its own --data (a
+    folder or npz kept in another place) or the study's, CIFAR in --data-dir. `run` and
+    `data` are the study's `RunSettings` and `DataSettings`."""
+    text = p.data or run.data
+    kind = text.partition(":")[0].lower()
+    cifar = kind in ("cifar10", "cifar100")
+    size = data.image_size if kind == "folder" else None  # CIFAR and npz keep their own
+    return _source(text, p.data_dir if cifar else None, size)
+
+
+def joined_data(run: Any, data: Any, p: Any) -> DataSource:
+    """`settings_source`, refused unless it is the study's data (by its identity)."""
+    source = settings_source(run, data, p)
+    info = _describe(source)
+    if info.identity != data.source:
+        raise StudyError(
+            f"--data {source.spec} here is {info.identity}, but the study trains on "
+            f"{run.data} ({data.source}); point --data at the same data"
+        )
+    return source
 
 
 def space(study: str, preset: str | None, space_file: str | None) -> SearchSpace | None:
@@ -144,7 +200,7 @@ def start_request(r: Any) -> SearchSpace | None:
     data_settings(r.subset, r.val_size)
     chosen = space(r.study, r.preset, r.space_file)
     storage_url(r.storage, shared=r.enqueue_only or r.placement.launching, must_exist=False)
-    placement(r.placement, needs_data=not r.enqueue_only)
+    placement(r.placement)
     return chosen
 
 
@@ -156,5 +212,5 @@ def join_request(r: Any) -> str:
     if r.placement.track is not None:
         parse_tracks(r.placement.track)
     url = storage_url(r.storage, shared=True, must_exist=True)
-    placement(r.placement, needs_data=True)
+    placement(r.placement)  # the data is checked against the study's (`joined_data`)
     return url

@@ -14,14 +14,15 @@ import socket
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import optuna
 import torch
 from autosearch.models import ArchSpec, build_model, count_flops, count_params
-from autosearch.search.space import SearchSpace, sample, seed_config
+from autosearch.search.space import SearchSpace, sample
 from autosearch.search.training.data import CifarData, prepare_data
+from autosearch.search.training.datasets import DataSource, describe_source, parse_data
 from autosearch.search.training.device import resolve_device
 from autosearch.search.training.recipe import TrainRecipe
 from autosearch.search.training.trainer import EpochReport, TrainResult, train
@@ -45,16 +46,22 @@ KEEP_BEST_WEIGHTS = 3  # final weights kept for this many best trials
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything a worker needs besides the trial: the space and where data lives."""
+    """Everything a worker needs besides the trial: the space and where data lives.
+
+    `data` is a `DataSource` or a --data value (default CIFAR-10, found in `data_dir`);
+    its class count and image size shape every sampled architecture. `val_size` None
+    holds out a fifth of the training images for validation.
+    """
 
     space: SearchSpace
     max_params: int = 5_000_000
     device: str = "auto"
     data_dir: str | None = None
     subset: int | None = None
-    val_size: int = 10_000
+    val_size: int | None = 10_000
     seed: int = 0
     checkpoint_dir: str | None = "checkpoints"  # None: no checkpoints, no resume
+    data: DataSource | str | None = None
 
 
 Trainer = Callable[..., TrainResult]
@@ -67,7 +74,7 @@ def _device_name(device: torch.device) -> str:
 
 
 def _record_config(
-    trial: optuna.Trial, arch: ArchSpec, recipe: TrainRecipe, shrink: float, max_params: int
+    trial: optuna.Trial, arch: ArchSpec, recipe: TrainRecipe, scale: int, max_params: int
 ) -> int:
     """Store what the trial trains and its budget constraint; returns the count."""
     params = count_params(arch)
@@ -75,7 +82,9 @@ def _record_config(
     trial.set_user_attr("recipe", recipe.to_dict())
     trial.set_user_attr("params", params)
     trial.set_user_attr("flops", count_flops(arch))
-    trial.set_user_attr("width_shrink", shrink)
+    # The widths the trial's shape and fill came to (for display; the params fix them).
+    trial.set_user_attr("widths", list(arch.widths))
+    trial.set_user_attr("width_scale", scale)
     # Feasible when <= 0; the samplers learn from the sign and size.
     trial.set_constraint("params", float(params - max_params))
     return params
@@ -141,6 +150,8 @@ class Objective:
         self._data = data
         self.epoch_listeners = tuple(epoch_listeners)
         self._device: torch.device | None = None
+        self.source = parse_data(config.data, data_dir=config.data_dir)
+        self._shape: tuple[int, int] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -152,7 +163,7 @@ class Objective:
         if self._data is None:
             c = self.config
             self._data = prepare_data(
-                c.data_dir,
+                source=self.source,
                 val_size=c.val_size,
                 subset=c.subset,
                 seed=c.seed,
@@ -160,18 +171,38 @@ class Objective:
             )
         return self._data
 
-    def suggest(self, trial: optuna.Trial) -> tuple[ArchSpec, TrainRecipe, float]:
-        """Sample the trial's configuration; seed trials train the seed exactly."""
-        s = sample(trial, self.config.space, max_params=self.config.max_params)
+    def data_shape(self) -> tuple[int, int]:
+        """(classes, image side) of the data, known without decoding an image."""
+        if self._shape is None:
+            if self._data is not None:
+                self._shape = (self._data.num_classes, self._data.image_size)
+            else:
+                info = describe_source(self.source)
+                self._shape = (info.num_classes, info.image_size)
+        return self._shape
+
+    def suggest(self, trial: optuna.Trial) -> tuple[ArchSpec, TrainRecipe, int]:
+        """Sample the trial's configuration for the data's classes and image size. A
+        seed trial's parameters rebuild its seed exactly (`seed_params`); it only takes
+        the seed's names."""
+        classes, size = self.data_shape()
+        s = sample(
+            trial,
+            self.config.space,
+            max_params=self.config.max_params,
+            num_classes=classes,
+            input_size=size,
+        )
         index = trial.user_attrs.get(SEED_ATTR)
         if index is not None:
-            arch, recipe = seed_config(self.config.space, int(index), s.recipe.epochs)
-            return arch, recipe, 1.0
-        return s.arch, s.recipe, s.shrink
+            arch_name, recipe_name = self.config.space.seeds[int(index)]
+            arch, recipe = replace(s.arch, name=arch_name), s.recipe.replace(name=recipe_name)
+            return arch, recipe, s.scale
+        return s.arch, s.recipe, s.scale
 
     def __call__(self, trial: optuna.Trial) -> float:
-        arch, recipe, shrink = self.suggest(trial)
-        params = _record_config(trial, arch, recipe, shrink, self.config.max_params)
+        arch, recipe, scale = self.suggest(trial)
+        params = _record_config(trial, arch, recipe, scale, self.config.max_params)
         if params > self.config.max_params:
             # Ended as PRUNED with no value, not COMPLETE with a made-up score: Optuna's
             # own tools (optuna-dashboard, `optuna trials`) then show no accuracy for
@@ -312,7 +343,9 @@ class Objective:
         if not keep:
             store.clear()
             return
-        store.finalize(keep_weights=True, state={"model": model.state_dict()})
+        # The spec rides along: `export --no-retrain` checks the weights against it.
+        state = {"model": model.state_dict(), "arch": model.spec.to_dict()}
+        store.finalize(keep_weights=True, state=state)
         live, finished = _retention_facts(trial.study)
         # This trial is still RUNNING in the study but done training: rank it as finished.
         live.discard(store.key)

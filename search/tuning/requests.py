@@ -27,11 +27,12 @@ class Placement:
     workers_per_gpu: str = "1"
     workers: int = 1
     device: str = "auto"
-    data_dir: str | None = None
+    data_dir: str | None = None  # where CIFAR is (see training.sources)
     checkpoint_dir: str = "checkpoints"
     max_restarts: int = 3
     log_dir: str = "logs"
     track: tuple[str, ...] | None = None  # this machine's trackers; None: the study's
+    data: str | None = None  # --data; None: CIFAR-10 for `start`, the study's for workers
 
     @property
     def launching(self) -> bool:
@@ -42,6 +43,8 @@ class Placement:
         args = ["--study", study, "--device", self.device, "--checkpoint-dir", self.checkpoint_dir]
         if self.data_dir is not None:
             args += ["--data-dir", self.data_dir]
+        if self.data is not None:
+            args += ["--data", self.data]
         if self.track is not None:
             args += [a for spec in self.track or ("none",) for a in ("--track", spec)]
         return args
@@ -70,7 +73,8 @@ class StartRequest:
     pruner: str = "median"
     seed: int | None = None
     subset: int | None = None
-    val_size: int = 10_000
+    val_size: int | None = None  # None: a fifth of the training images (10,000 of CIFAR)
+    image_size: int | None = None  # folder: images are resized to this side (32)
     heartbeat: int = 30
     grace: int = 120
     placement: Placement = field(default_factory=Placement)

@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import optuna
 from autosearch.search.space import SearchSpace, space_from_stored, with_epochs
+from autosearch.search.training.datasets import SourceInfo, default_val_size
 from autosearch.search.tuning import checks
 from autosearch.search.tuning.budget import reserve_trials
 from autosearch.search.tuning.objective import EpochListener, Objective, RunConfig
@@ -85,12 +86,23 @@ class Opened(NamedTuple):
     notice: str | None  # a changed sampler or pruner, said before the trials run
 
 
-def _asked_data(request: StartRequest, stored: DataSettings | None) -> DataSettings:
+def _asked_data(
+    request: StartRequest, stored: DataSettings | None, info: SourceInfo
+) -> DataSettings:
     # Without --seed a resumed study keeps its split seed; the sampler seeds from the OS.
     seed = request.seed
     if seed is None:
         seed = stored.split_seed if stored is not None else DEFAULT_SPLIT_SEED
-    return DataSettings(subset=request.subset, val_size=request.val_size, split_seed=seed)
+    val_size = request.val_size
+    if val_size is None:  # a fifth of the training images (10,000 of CIFAR's 50,000)
+        val_size = default_val_size(info.train_images)
+    return DataSettings(
+        source=info.identity,
+        image_size=info.image_size,
+        subset=request.subset,
+        val_size=val_size,
+        split_seed=seed,
+    )
 
 
 def open_for_start(request: StartRequest) -> Opened:
@@ -101,6 +113,7 @@ def open_for_start(request: StartRequest) -> Opened:
     """
     r = request
     given = checks.start_request(r)
+    source, info = checks.start_data(r)
     url, rdb = open_storage(r.storage, heartbeat_interval=r.heartbeat, grace_period=r.grace)
     space = with_epochs(given or choose_space(r.study, None, None, rdb), r.epochs)
     previous = None
@@ -109,7 +122,7 @@ def open_for_start(request: StartRequest) -> Opened:
         attrs = optuna.load_study(study_name=r.study, storage=rdb).user_attrs
         stored_data = stored_data_settings(attrs)
         previous = stored_run_settings(attrs)
-    data = _asked_data(r, stored_data)
+    data = _asked_data(r, stored_data, info)
     study = open_study(
         r.study,
         rdb,
@@ -128,6 +141,7 @@ def open_for_start(request: StartRequest) -> Opened:
         grace_period=r.grace,
         deadline=time.time() + r.timeout if r.timeout is not None else None,
         track=parse_tracks(r.track),
+        data=source.spec,
     )
     return Opened(url, study, space, settings, data, settings.notice(previous))
 
@@ -163,7 +177,7 @@ def start(
     tracking = _tracking(settings, placement)
     store_run_settings(study, settings)
     objective = Objective(
-        _run_config(space, request.max_params, data, placement),
+        _run_config(space, request.max_params, settings, data, placement),
         epoch_listeners=[*tracking.epoch_listeners, *filter(None, [on_epoch])],
     )
     check_device(objective)
@@ -189,13 +203,17 @@ def _queue(study: optuna.Study, trials: int) -> None:
 
 
 def _run_config(
-    space: SearchSpace, max_params: int, data: DataSettings, placement: Placement
+    space: SearchSpace,
+    max_params: int,
+    settings: RunSettings,
+    data: DataSettings,
+    placement: Placement,
 ) -> RunConfig:
     return RunConfig(
         space=space,
         max_params=max_params,
         device=placement.device,
-        data_dir=placement.data_dir,
+        data=checks.settings_source(settings, data, placement),
         subset=data.subset,
         val_size=data.val_size,
         seed=data.split_seed,
@@ -238,6 +256,7 @@ def join(
         create=False,
     )
     placement = request.placement
+    checks.joined_data(settings, data, placement)  # this machine's data is the study's
     if placement.launching:
         _tracking(settings, placement)  # a bad --track fails here, not in every worker
         # Launchers on several machines (a Slurm array) are told apart by the index they
@@ -257,7 +276,7 @@ def join(
     index = request.worker_index
     tracking = _tracking(settings, placement)
     objective = Objective(
-        _run_config(space, max_params, data, placement),
+        _run_config(space, max_params, settings, data, placement),
         epoch_listeners=[*tracking.epoch_listeners, *filter(None, [on_epoch])],
     )
     check_device(objective)

@@ -38,8 +38,11 @@ class StudyError(ValueError):
 class DataSettings:
     """Which images a study's trials train on and are scored on; fixed for its life."""
 
-    source: str = "cifar10"  # the data set
-    subset: int | None = None  # stratified training subset; None: all 50,000 images
+    # The data's identity (`training.datasets`): "cifar10", "cifar100", or a digest of
+    # a folder's files or an npz, the same wherever the data is kept.
+    source: str = "cifar10"
+    image_size: int = 32  # the side images are trained at (folders are resized to it)
+    subset: int | None = None  # stratified training subset; None: all training images
     val_size: int = 10_000  # validation images held out of the training split
     split_seed: int = DEFAULT_SPLIT_SEED  # the split's seed; trials train with it + number
 
@@ -77,6 +80,10 @@ class RunSettings:
     grace_period: int = 120  # s without a heartbeat before a trial counts as dead
     deadline: float | None = None  # time.time() after which no worker starts a trial
     track: tuple[str, ...] = ()  # experiment trackers, "mlflow:URI" / "tensorboard:DIR"
+    # --data as the latest `start` gave it (folder: and npz: with the path on that
+    # machine): a worker reads it unless given its own --data. The data's identity is
+    # in the data settings.
+    data: str = "cifar10"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "track", tuple(self.track))  # a list after JSON

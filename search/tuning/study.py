@@ -7,6 +7,7 @@ Samplers (`tuning.samplers`), pruners (`tuning.pruners`) and the stored settings
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 import uuid
@@ -67,6 +68,8 @@ __all__ = [
     "stored_space_name",
     "study_uid",
 ]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PRESET = "zigzag"  # the space of a new study that names none
 
@@ -135,9 +138,9 @@ def open_study(
     data settings (`data` None: the defaults on a new study, any on an existing one).
 
     Only the process that creates the study enqueues the space's seed configurations,
-    so they run once however many workers join. Resuming with another space, budget
-    or data settings raises `StudyError`, naming each change, before anything is
-    written.
+    so they run once however many workers join; a seed the space cannot rebuild exactly
+    is left out with a warning. Resuming with another space, budget or data settings
+    raises `StudyError`, naming each change, before anything is written.
     """
     try:
         study = optuna.create_study(
@@ -160,7 +163,10 @@ def open_study(
     study.set_user_attr(DATA_ATTR, (data or DataSettings()).to_dict())
     study.set_user_attr(SPACE_ATTR, space.to_dict())
     study.set_user_attr(MAX_PARAMS_ATTR, max_params)
-    for i, params in enumerate(seed_params(space)):
+    seeds, left_out = seed_params(space, max_params=max_params)
+    for line in left_out:
+        log.warning("%s", line)
+    for i, params in seeds.items():
         study.enqueue_trial(params, user_attrs={SEED_ATTR: i})
     # The fingerprint goes last: a worker that loads the study meanwhile waits for it.
     study.set_user_attr(FINGERPRINT_ATTR, space.fingerprint())

@@ -32,7 +32,6 @@ kernels = [3]
 skip_kernels = [1]
 downsamples = [0, 0]
 stem_widths = [8]
-fit_budget = false
 [recipe]
 optimizers = ["sgd"]
 batch_sizes = [64]

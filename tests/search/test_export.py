@@ -7,7 +7,7 @@ import optuna
 import pytest
 import torch
 from autosearch import load_best_model
-from autosearch.models import build_model, make_spec
+from autosearch.models import build_model, get_preset, make_spec
 from autosearch.search.cli import app
 from autosearch.search.results.export import export_trial
 from autosearch.search.results.exported import (
@@ -29,7 +29,7 @@ SPLIT = ["--subset", "200", "--val-size", "100", "--device", "cpu"]
 
 @pytest.fixture(scope="module")
 def searched(cifar_dir, tmp_path_factory) -> str:
-    """A real 4-trial study from the CLI: three infeasible seeds and one trained trial."""
+    """A real 4-trial study from the CLI (its seeds are over the budget and left out)."""
     root = tmp_path_factory.mktemp("search")
     url = f"sqlite:///{root}/s.db"
     args = ["start", "--study", "zigzag", "--trials", "4", "--epochs", "1", *SPLIT]
@@ -104,7 +104,13 @@ def test_export_refuses_to_overwrite_and_unknown_trials(exported, searched):
     assert result.exit_code == 2 and "already holds an export" in result.stderr
     result = runner.invoke(app, [*base, "--out", str(exported.parent / "x"), "--trial", "99"])
     assert result.exit_code == 2 and "no trial 99" in result.stderr
-    result = runner.invoke(app, [*base, "--out", str(exported.parent / "x"), "--trial", "0"])
+    # a trial recorded over the budget (as an infeasible one is) never trains again
+    study = optuna.load_study(study_name="zigzag", storage=searched)
+    arch = get_preset("zigzag").to_dict()
+    over = study.trials[0].user_attrs | {"arch": arch, "stopped": "infeasible"}
+    study.add_trial(optuna.trial.create_trial(value=0.0, user_attrs=over))
+    number = str(len(study.trials) - 1)
+    result = runner.invoke(app, [*base, "--out", str(exported.parent / "x"), "--trial", number])
     assert result.exit_code == 2 and "exceed the limit of 400,000" in result.stderr
 
 

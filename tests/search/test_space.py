@@ -10,10 +10,8 @@ from autosearch.search.space import (
     infeasible_rate,
     load_space,
     sample,
-    seed_config,
-    seed_params,
-    shrink_to_budget,
     space_from_stored,
+    width_ladder,
     with_epochs,
 )
 
@@ -31,9 +29,11 @@ def draw(space, n, seed=0, limit=LIMIT):
 
 
 @pytest.mark.parametrize("name", sorted(SPACES))
-def test_every_preset_samples_valid_configs_within_budget(name):
-    for s in draw(SPACES[name], 15):
-        assert count_params(s.arch) <= LIMIT
+def test_every_preset_samples_valid_configs_within_budget_or_at_their_smallest(name):
+    space = SPACES[name]
+    for s in draw(space, 15):
+        if space.arch.fixed is None:
+            assert count_params(s.arch) <= LIMIT or s.scale == width_ladder(space.arch.widths)[0]
         assert s.recipe.epochs == 15
 
 
@@ -66,39 +66,31 @@ def test_recipe_space_keeps_the_seed_architecture():
         assert s.recipe.batch_size in (32, 64, 128)
 
 
-def test_shrink_fits_the_budget_with_one_factor():
-    spec = get_preset("resnet18")
-    fitted, factor = shrink_to_budget(spec, LIMIT)
-    assert 0 < factor < 1
-    assert count_params(fitted) <= LIMIT
-    assert fitted.repeats == spec.repeats
-    assert count_params(get_preset("zigzag")) == count_params(
-        shrink_to_budget(get_preset("zigzag"), LIMIT)[0]
-    )
+def test_widths_fill_the_share_of_the_budget_the_trial_drew():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    fills = []
+    for _ in range(40):
+        trial = study.ask()
+        s = sample(trial, SPACES["zigzag"], max_params=LIMIT)
+        params = count_params(s.arch)
+        assert params <= trial.params["fill"] * LIMIT
+        fills.append(params / LIMIT / trial.params["fill"])
+        # the widest stage is the scale, and the widths keep the drawn shape
+        assert max(s.arch.widths) == s.scale
+        study.tell(trial, 0.0)
+    assert sorted(fills)[len(fills) // 2] > 0.8  # most nets come close to their share
 
 
-def test_without_fit_budget_over_budget_samples_come_back_as_drawn():
-    import dataclasses
-
-    space = SPACES["zigzag"]
-    raw = dataclasses.replace(space, arch=dataclasses.replace(space.arch, fit_budget=False))
-    rate, counts = infeasible_rate(raw, 60, max_params=LIMIT)
-    assert rate > 0.15  # why the space fits samples to the budget by default
-    rate, counts = infeasible_rate(space, 60, max_params=LIMIT)
-    assert rate == 0 and max(counts) <= LIMIT
-
-
-def test_seed_params_reproduce_the_seed_architectures():
-    space = SPACES["zigzag"]
-    study = optuna.create_study()
-    for params in seed_params(space):
-        study.enqueue_trial(params)
-    for i in range(len(space.seeds)):
+def test_a_shape_too_big_at_its_smallest_scale_is_left_over_budget():
+    space = SPACES["resnet"]  # first stage 32-96 wide, growth up to 2.5, 3 repeats
+    rate, counts = infeasible_rate(space, 80, max_params=LIMIT)
+    assert 0 < rate < 0.6
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(80):
         trial = study.ask()
         s = sample(trial, space, max_params=LIMIT)
-        arch, recipe = seed_config(space, i, epochs=s.recipe.epochs)
-        assert s.arch == arch
-        assert recipe.name == space.seeds[i][1]
+        if count_params(s.arch) > LIMIT:
+            assert s.scale == 32  # the smallest scale, as drawn: the caller records it infeasible
         study.tell(trial, 0.0)
 
 
@@ -150,7 +142,10 @@ epochs = 3
         ("[arch]\nrepeats = ['a', 2]\n", ["arch.repeats", "'a'"]),
         ("budget = 3\n", ["'budget'"]),
         ("extends = 'nope'\n", ["extends", "'nope'"]),
-        ("[arch]\nfit_budget = 'yes'\n", ["arch.fit_budget", "'yes'"]),
+        ("[arch]\nfit_budget = true\n", ["arch.fit_budget", "no longer"]),
+        ("[arch]\nfill = [0.0, 1.0]\n", ["arch.fill", "(0.0, 1.0)"]),
+        ("[arch]\nwidths = [9, 15]\n", ["arch.widths", "multiple of 8"]),
+        ("[recipe]\ntta = 'yes'\n", ["recipe.tta", "'yes'"]),
     ],
 )
 def test_toml_errors_name_file_key_and_value(tmp_path, text, pieces):
@@ -168,3 +163,16 @@ def test_toml_syntax_error_and_missing_file(tmp_path):
         load_space(write(tmp_path, "[arch\n"))
     with pytest.raises(SpaceError, match="no such space file"):
         load_space(str(tmp_path / "missing.toml"))
+
+
+def test_a_stored_space_that_shrank_widths_is_refused_by_name():
+    stored = SPACES["zigzag"].to_dict()
+    assert space_from_stored(stored) == SPACES["zigzag"]
+    stored["arch"]["fit_budget"] = True  # as studies made before the fill rule stored it
+    del stored["arch"]["fill"]
+    with pytest.raises(SpaceError, match="arch.fit_budget"):
+        space_from_stored(stored)
+    # a single tta value, as older spaces stored it, is one choice
+    stored = SPACES["zigzag"].to_dict()
+    stored["recipe"]["tta"] = True
+    assert space_from_stored(stored).recipe.tta == (True,)
