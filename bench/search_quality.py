@@ -397,7 +397,7 @@ def main() -> None:
     lanes = results["setting"]["lanes"]
     text = (
         f"$ {results['command']}\nrevision {results['revision']}: {results['wall_s'] / 60:.1f} "
-        f"min wall, {cpu / 60:.1f} CPU-min in the studies (about {cpu / lanes / 60:.0f} min "
+        f"min wall, {cpu / 60:.1f} CPU-min in the studies (about {cpu / lanes / 60:.1f} min "
         f"with {lanes} idle core(s))\n\n{table(results)}"
     )
     print("\n" + text)

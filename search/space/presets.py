@@ -63,20 +63,26 @@ SPACES: dict[str, SearchSpace] = {
     ),
     # `zigzag` sized for two CPU cores: 4-epoch trials on a few thousand images at a
     # budget near 50,000 parameters (`make demo`, bench/search_quality.py --proxy).
-    # Narrow widths, at most two blocks per stage and a 16-wide stem keep a trial's
-    # FLOPs small; batches of 64-256 give a 2,048-image epoch enough optimizer steps;
-    # random resized crops are left out, as they only slow learning in so few epochs.
-    # No seed configurations: they are 100 times over such a budget.
+    # At such a budget a 5x5 kernel (2.8x the parameters of a 3x3) or a fifth stage
+    # leaves most stages 8 channels wide, so kernels are 3x3 and nets 3-4 stages deep.
+    # The recipe is cut to what can work in 4 epochs: batches of 64 or 128 (32 or 16
+    # steps per 2,048-image epoch), schedules that anneal within the run (the plateau
+    # and step schedules need epochs to react), no random resized crops. No seed
+    # configurations: they are 100 times over such a budget.
     "zigzag-cpu": SearchSpace(
         name="zigzag-cpu",
         arch=ArchSpace(
-            stages=(3, 5),
+            stages=(3, 4),
             widths=(8, 64),
             repeats=(1, 2),
+            kernels=(3,),
             stem_widths=(16,),
         ),
         recipe=RecipeSpace(
-            batch_sizes=(64, 128, 256), epochs=(4, 4), augments=("crop", "flip", "cutout")
+            batch_sizes=(64, 128),
+            epochs=(4, 4),
+            schedules=("onecycle", "cosine"),
+            augments=("crop", "flip", "cutout"),
         ),
     ),
 }
