@@ -27,7 +27,7 @@ of the budget or less and ends above it. A PNG plots the best-so-far against ima
 trained: the median line of each arm with its min-max band.
 
 `--proxy` searches `zigzag-cpu` under 50,000 parameters on 2,048 training and 512
-validation images for 4 epochs (pruning can act after epochs 2 and 3), 20 full trials
+validation images for 4 epochs (pruning can act after epochs 2 and 3), 25 full trials
 per study, two studies at a time with one thread each. The full mode searches `zigzag`
 under 5,000,000 parameters on the whole split for 15 epochs, 60 full trials per study,
 one study at a time on the GPU: 720 full 15-epoch trials' worth of training at the
@@ -111,7 +111,7 @@ PROXY = Setting(
     subset=2_560,  # 2,048 training and 512 validation images
     val_size=10_000,
     epochs=4,
-    budget_trials=20,
+    budget_trials=25,
     reps=3,
     lanes=2,
     threads=1,
@@ -342,6 +342,9 @@ def _setting(args: argparse.Namespace) -> Setting:
         for k, v in {
             "reps": args.reps,
             "budget_trials": args.budget_trials,
+            "subset": args.subset,
+            "epochs": args.epochs,
+            "max_params": args.max_params,
             "lanes": args.lanes,
             "threads": args.threads,
             "device": args.device,
@@ -370,6 +373,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, help="repetitions per arm")
     parser.add_argument("--budget-trials", type=float, help="budget per study, in full trials")
     parser.add_argument("--arms", help=f"comma-separated, from {', '.join(ARMS)}")
+    parser.add_argument("--subset", type=int, help="images sampled, a fifth for validation")
+    parser.add_argument("--epochs", type=int, help="epochs per trial")
+    parser.add_argument("--max-params", type=int, help="parameter budget")
     parser.add_argument("--lanes", type=int, help="studies run at once")
     parser.add_argument("--threads", type=int, help="torch threads per study; 0: default")
     parser.add_argument("--device")
