@@ -9,7 +9,8 @@ Each arm is a sampler and a pruner run through the project's own study machinery
 (`open_study`, `make_sampler`, `make_pruner`, `reserve_trials`, `run_worker` and
 `Objective`), one study per SQLite file in a temporary folder, exactly as
 `autosearch start` runs them: random search, TPE, TPE with median pruning, TPE with
-Hyperband, and optionally the GP sampler. Every arm gets the same compute, counted in
+Hyperband, and on request (`--arms`) the GP sampler, or TPE with 5 random start-up
+trials instead of 10 and either pruner (`tpe5+median`, `tpe5+hyperband`). Every arm gets the same compute, counted in
 trained images: a study stops at the first trial that ends at or past the budget, and a
 pruned trial counts the epochs it trained. The budget is given in full trials (every
 epoch of the whole training split). Repetition r of every arm uses sampler seed
@@ -64,6 +65,7 @@ from autosearch.search.training.trainer import train
 from autosearch.search.tuning.budget import reserve_trials
 from autosearch.search.tuning.objective import Objective, RunConfig
 from autosearch.search.tuning.outcomes import FINISHED
+from autosearch.search.tuning.samplers import TPE_STARTUP
 from autosearch.search.tuning.study import make_pruner, make_sampler, open_study
 from autosearch.search.tuning.worker import run_worker
 from autosearch.storage.optuna_storage import make_storage
@@ -72,13 +74,17 @@ from bench.search_quality_report import plot, table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-# arm -> (sampler, pruner), as `autosearch start --sampler ... --pruner ...` names them
+# arm -> (sampler, pruner, TPE's random start-up trials); sampler and pruner as
+# `autosearch start --sampler ... --pruner ...` names them
 ARMS = {
-    "random": ("random", "none"),
-    "tpe": ("tpe", "none"),
-    "tpe+median": ("tpe", "median"),
-    "tpe+hyperband": ("tpe", "hyperband"),
-    "gp": ("gp", "none"),
+    "random": ("random", "none", TPE_STARTUP),
+    "tpe": ("tpe", "none", TPE_STARTUP),
+    "tpe+median": ("tpe", "median", TPE_STARTUP),
+    "tpe+hyperband": ("tpe", "hyperband", TPE_STARTUP),
+    "gp": ("gp", "none", TPE_STARTUP),
+    # not run by default: TPE that models the results after 5 start-up trials
+    "tpe5+median": ("tpe", "median", 5),
+    "tpe5+hyperband": ("tpe", "hyperband", 5),
 }
 
 
@@ -186,14 +192,14 @@ def run_study(arm: str, rep: int, seed: int, folder: str) -> dict[str, Any]:
     """One study of `arm` until its trials have trained the budget's images."""
     s, data = _SETTING, _DATA
     assert s is not None and data is not None
-    sampler, pruner = ARMS[arm]
+    sampler, pruner, startup = ARMS[arm]
     space = with_epochs(get_space(s.space), s.epochs)
     storage = make_storage(f"sqlite:///{folder}/{arm}-{rep}.db")
     study = open_study(
         f"{arm.replace('+', '-')}-{rep}",
         storage,
         space,
-        sampler=make_sampler(sampler, seed + rep),
+        sampler=make_sampler(sampler, seed + rep, startup=startup),
         pruner=make_pruner(pruner, s.epochs),
         max_params=s.max_params,
     )
