@@ -7,15 +7,16 @@
 
 Each arm is a sampler and a pruner run through the project's own study machinery
 (`open_study`, `make_sampler`, `make_pruner`, `reserve_trials`, `run_worker` and
-`Objective`), one study per SQLite file in a temporary folder, exactly as
-`autosearch start` runs them: random search, TPE, TPE with median pruning, TPE with
-Hyperband, and on request (`--arms`) the GP sampler, or TPE with 5 random start-up
-trials instead of 10 and either pruner (`tpe5+median`, `tpe5+hyperband`). Every arm gets the same compute, counted in
-trained images: a study stops at the first trial that ends at or past the budget, and a
-pruned trial counts the epochs it trained. The budget is given in full trials (every
-epoch of the whole training split). Repetition r of every arm uses sampler seed
-`--seed + r` and the same training seeds, so TPE's random start-up trials are random
-search's first trials: the arms differ only in what they learn.
+`Objective`), one study per SQLite file in a temporary folder, exactly as `autosearch
+start` runs them: random search, TPE, TPE with median pruning, TPE with Hyperband, and
+on request (`--arms`) the GP sampler, or TPE with 5 random start-up trials instead of 10
+and either pruner (`tpe5+median`, `tpe5+hyperband`); `--add-to JSON` runs such arms with
+a saved result's settings and tables them with its arms. Every arm gets the same
+compute, counted in trained images: a study stops at the first trial that ends at or
+past the budget, and a pruned trial counts the epochs it trained. The budget is given in
+full trials (every epoch of the whole training split). Repetition r of every arm uses
+sampler seed `--seed + r` and the same training seeds, so TPE's random start-up trials
+are random search's first trials: the arms differ only in what they learn.
 
 The best-so-far of a study after x images is the best final validation accuracy of the
 trials that finished training by then (pruned, failed and infeasible trials have none),
@@ -283,13 +284,13 @@ def train_seed(index: int, seed: int) -> dict[str, Any]:
     }
 
 
-def run_all(s: Setting, data_dir: str | None, seed: int) -> dict[str, Any]:
-    """Every study and seed configuration of `s`, `s.lanes` at a time, with the counts
-    of training and validation images and the budget."""
+def run_all(s: Setting, data_dir: str | None, seed: int, *, seeds: bool = True) -> dict[str, Any]:
+    """Every study and seed configuration (unless `seeds` is false) of `s`, `s.lanes` at
+    a time, with the counts of training and validation images and the budget."""
     counted = load_data(replace(s, device="cpu"), data_dir)  # also fails early on bad data
     n_train, n_val = len(counted.train_y), len(counted.val_y)
     del counted
-    n_seeds = len(get_space(s.seed_space).seeds)
+    n_seeds = len(get_space(s.seed_space).seeds) if seeds else 0
     studies, seeds = [], []
     with tempfile.TemporaryDirectory(prefix="search-quality-") as folder:
         ctx = get_context("spawn")  # a fresh interpreter per lane: no forked torch threads
@@ -369,6 +370,16 @@ def _setting(args: argparse.Namespace) -> Setting:
     return s
 
 
+def _added(path: str, s: Setting) -> tuple[dict[str, Any], Setting]:
+    """A saved result, and its setting with the arms of `s` that it lacks."""
+    base = json.loads(Path(path).read_text())
+    saved = Setting(**{**base["setting"], "arms": tuple(base["setting"]["arms"])})
+    new = tuple(a for a in s.arms if a not in saved.arms)
+    if not new:
+        raise SystemExit(f"{path} holds every arm of {', '.join(s.arms)} already")
+    return base, replace(saved, arms=new, lanes=s.lanes, threads=s.threads)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     which = parser.add_mutually_exclusive_group()
@@ -387,6 +398,9 @@ def main() -> None:
     parser.add_argument("--device")
     parser.add_argument("--seed", type=int, default=0, help="repetition r uses seed + r")
     parser.add_argument("--out", help="folder for the .txt, .png and .json (default: results)")
+    parser.add_argument(
+        "--add-to", metavar="JSON", help="run --arms with a saved result's settings, add them"
+    )
     args = parser.parse_args()
 
     if args.replot:
@@ -398,12 +412,20 @@ def main() -> None:
             RESULTS if s.mode != "quick" else Path(tempfile.mkdtemp(prefix="search-quality-"))
         )  # fmt: skip
         out.mkdir(parents=True, exist_ok=True)
+        base, name = None, f"search_quality_{s.mode}"
+        if args.add_to:
+            base, s = _added(args.add_to, s)
+            name += "_" + "_".join(a.replace("+", "-") for a in s.arms)
         started = time.perf_counter()
-        results = run_all(s, args.data_dir, args.seed)
+        results = run_all(s, args.data_dir, args.seed, seeds=base is None)
         results["wall_s"] = time.perf_counter() - started
         results["command"] = " ".join(["python bench/search_quality.py", *sys.argv[1:]])
         results["revision"] = _revision()
-        stem = out / f"search_quality_{s.mode}"
+        if base is not None:  # the saved arms first, then the new ones
+            results["setting"]["arms"] = [*base["setting"]["arms"], *s.arms]
+            results["studies"] = base["studies"] + results["studies"]
+            results["seeds"] = base["seeds"]
+        stem = out / name
         stem.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     cpu = sum(r.get("cpu_s", 0.0) for r in results["studies"] + results["seeds"])
     lanes = results["setting"]["lanes"]
