@@ -1,4 +1,5 @@
-"""The named search spaces: `zigzag` (the default), `deep-narrow`, `resnet` and `recipe`."""
+"""The named search spaces: `zigzag` (the default), `deep-narrow`, `resnet`, `recipe` and
+`zigzag-cpu`, a CPU-sized `zigzag` for the demo and the search-quality proxy."""
 
 from __future__ import annotations
 
@@ -58,6 +59,30 @@ SPACES: dict[str, SearchSpace] = {
             weight_decay=(1e-5, 5e-3),
             ema=(0.0, 0.999),
             augments=SEARCHABLE_AUGMENTS,
+        ),
+    ),
+    # `zigzag` sized for two CPU cores: 4-epoch trials on a few thousand images at a
+    # budget near 50,000 parameters (`make demo`, bench/search_quality.py --proxy).
+    # At such a budget a 5x5 kernel (2.8x the parameters of a 3x3) or a fifth stage
+    # leaves most stages 8 channels wide, so kernels are 3x3 and nets 3-4 stages deep.
+    # The recipe is cut to what can work in 4 epochs: batches of 64 or 128 (32 or 16
+    # steps per 2,048-image epoch), schedules that anneal within the run (the plateau
+    # and step schedules need epochs to react), no random resized crops. No seed
+    # configurations: they are 100 times over such a budget.
+    "zigzag-cpu": SearchSpace(
+        name="zigzag-cpu",
+        arch=ArchSpace(
+            stages=(3, 4),
+            widths=(8, 64),
+            repeats=(1, 2),
+            kernels=(3,),
+            stem_widths=(16,),
+        ),
+        recipe=RecipeSpace(
+            batch_sizes=(64, 128),
+            epochs=(4, 4),
+            schedules=("onecycle", "cosine"),
+            augments=("crop", "flip", "cutout"),
         ),
     ),
 }

@@ -121,7 +121,9 @@ class _EpochReporter:
         self.trial.set_user_attr("epochs_run", report.epoch)
         for listener in self.listeners:
             listener(self.trial, report)
-        self.pruned = self.trial.should_prune()
+        # Optuna's percentile pruners answer with a numpy bool, which the trainer, asking
+        # `is True`, would not take for a stop.
+        self.pruned = bool(self.trial.should_prune())
         return self.pruned
 
 

@@ -144,6 +144,29 @@ def test_the_study_median_pruner_keeps_a_warm_up_epoch_through_the_objective():
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials[:5])
 
 
+def test_the_real_trainer_stops_a_trial_the_median_pruner_prunes():
+    space = small_space(epochs=3)
+    study = make_study(space, pruner="median")  # the project's own pruner
+    # Five finished trials of the same epoch budget that scored 1.0 at every epoch...
+    for _ in range(5):
+        study.add_trial(
+            optuna.trial.create_trial(
+                value=1.0,
+                intermediate_values={1: 1.0, 2: 1.0, 3: 1.0},
+                user_attrs={"recipe": {"epochs": 3}},
+            )
+        )
+    # ...and one that cannot learn in 2 epochs at Adam's lr x 0.05 on 64 images.
+    study.enqueue_trial({"optimizer": "adam", "lr_mult": space.recipe.lr_mult[0]})
+    config = RunConfig(space=space, device="cpu", checkpoint_dir=None)
+    run_worker(study, Objective(config, data=tiny_data()))
+
+    poor = study.trials[5]
+    assert poor.state == optuna.trial.TrialState.PRUNED
+    assert poor.user_attrs["stopped"] == "pruned" and poor.user_attrs["epochs_run"] == 2
+    assert sorted(poor.intermediate_values) == [1, 2]
+
+
 def test_diverged_and_out_of_memory_trials_fail_and_the_study_goes_on():
     space = small_space(epochs=2)
     config = RunConfig(space=space, device="cpu", checkpoint_dir=None)
