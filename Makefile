@@ -38,7 +38,7 @@ data: setup
 # the zigzag-cpu space (a CPU-sized zigzag, 4-epoch trials) under 50,000 parameters, on a
 # stratified 2,560 images (2,048 to train, 512 to validate).
 demo: setup data
-	$(BIN)/autosearch start --study demo --preset zigzag-cpu --trials 20 --subset 2560 \
+	$(BIN)/autosearch start --study demo --preset zigzag-cpu --trials 30 --subset 2560 \
 	  --max-params 50000 --seed 0 --device auto \
 	  --data-dir $(if $(AUTOSEARCH_DATA),$(AUTOSEARCH_DATA),$(DATA)) --storage sqlite:///demo.db
 	$(BIN)/autosearch status --study demo --storage sqlite:///demo.db

@@ -9,7 +9,8 @@ Each arm is a sampler and a pruner run through the project's own study machinery
 (`open_study`, `make_sampler`, `make_pruner`, `reserve_trials`, `run_worker` and
 `Objective`), one study per SQLite file in a temporary folder, exactly as
 `autosearch start` runs them: random search, TPE, TPE with median pruning, TPE with
-Hyperband, and optionally the GP sampler. Every arm gets the same compute, counted in
+Hyperband, and on request (`--arms`) the GP sampler, or TPE with 5 random start-up
+trials instead of 10 and either pruner (`tpe5+median`, `tpe5+hyperband`). Every arm gets the same compute, counted in
 trained images: a study stops at the first trial that ends at or past the budget, and a
 pruned trial counts the epochs it trained. The budget is given in full trials (every
 epoch of the whole training split). Repetition r of every arm uses sampler seed
@@ -27,7 +28,7 @@ of the budget or less and ends above it. A PNG plots the best-so-far against ima
 trained: the median line of each arm with its min-max band.
 
 `--proxy` searches `zigzag-cpu` under 50,000 parameters on 2,048 training and 512
-validation images for 4 epochs (pruning can act after epochs 2 and 3), 20 full trials
+validation images for 4 epochs (pruning can act after epochs 2 and 3), 25 full trials
 per study, two studies at a time with one thread each. The full mode searches `zigzag`
 under 5,000,000 parameters on the whole split for 15 epochs, 60 full trials per study,
 one study at a time on the GPU: 720 full 15-epoch trials' worth of training at the
@@ -64,6 +65,7 @@ from autosearch.search.training.trainer import train
 from autosearch.search.tuning.budget import reserve_trials
 from autosearch.search.tuning.objective import Objective, RunConfig
 from autosearch.search.tuning.outcomes import FINISHED
+from autosearch.search.tuning.samplers import TPE_STARTUP
 from autosearch.search.tuning.study import make_pruner, make_sampler, open_study
 from autosearch.search.tuning.worker import run_worker
 from autosearch.storage.optuna_storage import make_storage
@@ -72,13 +74,17 @@ from bench.search_quality_report import plot, table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-# arm -> (sampler, pruner), as `autosearch start --sampler ... --pruner ...` names them
+# arm -> (sampler, pruner, TPE's random start-up trials); sampler and pruner as
+# `autosearch start --sampler ... --pruner ...` names them
 ARMS = {
-    "random": ("random", "none"),
-    "tpe": ("tpe", "none"),
-    "tpe+median": ("tpe", "median"),
-    "tpe+hyperband": ("tpe", "hyperband"),
-    "gp": ("gp", "none"),
+    "random": ("random", "none", TPE_STARTUP),
+    "tpe": ("tpe", "none", TPE_STARTUP),
+    "tpe+median": ("tpe", "median", TPE_STARTUP),
+    "tpe+hyperband": ("tpe", "hyperband", TPE_STARTUP),
+    "gp": ("gp", "none", TPE_STARTUP),
+    # not run by default: TPE that models the results after 5 start-up trials
+    "tpe5+median": ("tpe", "median", 5),
+    "tpe5+hyperband": ("tpe", "hyperband", 5),
 }
 
 
@@ -111,7 +117,7 @@ PROXY = Setting(
     subset=2_560,  # 2,048 training and 512 validation images
     val_size=10_000,
     epochs=4,
-    budget_trials=20,
+    budget_trials=25,
     reps=3,
     lanes=2,
     threads=1,
@@ -186,14 +192,14 @@ def run_study(arm: str, rep: int, seed: int, folder: str) -> dict[str, Any]:
     """One study of `arm` until its trials have trained the budget's images."""
     s, data = _SETTING, _DATA
     assert s is not None and data is not None
-    sampler, pruner = ARMS[arm]
+    sampler, pruner, startup = ARMS[arm]
     space = with_epochs(get_space(s.space), s.epochs)
     storage = make_storage(f"sqlite:///{folder}/{arm}-{rep}.db")
     study = open_study(
         f"{arm.replace('+', '-')}-{rep}",
         storage,
         space,
-        sampler=make_sampler(sampler, seed + rep),
+        sampler=make_sampler(sampler, seed + rep, startup=startup),
         pruner=make_pruner(pruner, s.epochs),
         max_params=s.max_params,
     )
@@ -342,6 +348,9 @@ def _setting(args: argparse.Namespace) -> Setting:
         for k, v in {
             "reps": args.reps,
             "budget_trials": args.budget_trials,
+            "subset": args.subset,
+            "epochs": args.epochs,
+            "max_params": args.max_params,
             "lanes": args.lanes,
             "threads": args.threads,
             "device": args.device,
@@ -370,6 +379,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, help="repetitions per arm")
     parser.add_argument("--budget-trials", type=float, help="budget per study, in full trials")
     parser.add_argument("--arms", help=f"comma-separated, from {', '.join(ARMS)}")
+    parser.add_argument("--subset", type=int, help="images sampled, a fifth for validation")
+    parser.add_argument("--epochs", type=int, help="epochs per trial")
+    parser.add_argument("--max-params", type=int, help="parameter budget")
     parser.add_argument("--lanes", type=int, help="studies run at once")
     parser.add_argument("--threads", type=int, help="torch threads per study; 0: default")
     parser.add_argument("--device")

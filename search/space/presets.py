@@ -65,10 +65,11 @@ SPACES: dict[str, SearchSpace] = {
     # budget near 50,000 parameters (`make demo`, bench/search_quality.py --proxy).
     # At such a budget a 5x5 kernel (2.8x the parameters of a 3x3) or a fifth stage
     # leaves most stages 8 channels wide, so kernels are 3x3 and nets 3-4 stages deep.
-    # The recipe is cut to what can work in 4 epochs: batches of 64 or 128 (32 or 16
-    # steps per 2,048-image epoch), schedules that anneal within the run (the plateau
-    # and step schedules need epochs to react), no random resized crops. No seed
-    # configurations: they are 100 times over such a budget.
+    # The recipe is cut to what can work in 4 epochs: learning rates from 0.3 x the
+    # base, batches of 64 or 128 (32 or 16 steps per 2,048-image epoch), schedules that
+    # anneal within the run (plateau and step schedules need epochs to react), no
+    # random resized crops. No seed configurations: they are 100 times over such a
+    # budget.
     "zigzag-cpu": SearchSpace(
         name="zigzag-cpu",
         arch=ArchSpace(
@@ -79,6 +80,7 @@ SPACES: dict[str, SearchSpace] = {
             stem_widths=(16,),
         ),
         recipe=RecipeSpace(
+            lr_mult=(0.3, 5.0),
             batch_sizes=(64, 128),
             epochs=(4, 4),
             schedules=("onecycle", "cosine"),

@@ -24,13 +24,19 @@ from optuna.trial import FrozenTrial, TrialState
 MAX_SEED = 2**32 - 1
 
 
+TPE_STARTUP = 10  # TPE's random start-up trials before it models the results
+
+
 def trial_seed(seed: int, number: int) -> int:
     """The sampler seed of trial `number` in a study seeded with `seed`."""
     return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
 
 
-def base_sampler(name: str, seed: int | None = None) -> optuna.samplers.BaseSampler:
-    """Optuna's sampler called `name`, with our settings."""
+def base_sampler(
+    name: str, seed: int | None = None, *, startup: int = TPE_STARTUP
+) -> optuna.samplers.BaseSampler:
+    """Optuna's sampler called `name`, with our settings; TPE draws `startup` random
+    trials before it models the results."""
     if name == "tpe":
         # multivariate + group model the conditional parameters (per-stage widths exist
         # only for the drawn stage count); constant_liar spreads parallel workers apart.
@@ -41,7 +47,7 @@ def base_sampler(name: str, seed: int | None = None) -> optuna.samplers.BaseSamp
                 multivariate=True,
                 group=True,
                 constant_liar=True,
-                n_startup_trials=10,
+                n_startup_trials=startup,
             )
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
@@ -59,16 +65,19 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
     `seed` None draws the study seed from the operating system, once per process.
     """
 
-    def __init__(self, name: str, seed: int | None = None) -> None:
+    def __init__(self, name: str, seed: int | None = None, *, startup: int = TPE_STARTUP) -> None:
         self.name = name
         self.seed = seed if seed is not None else secrets.randbelow(MAX_SEED + 1)
+        self.startup = startup
         self._number: int | None = None
-        self._sampler = base_sampler(name, self.seed)  # an unknown name fails here
+        self._sampler = base_sampler(name, self.seed, startup=startup)  # an unknown name fails
 
     def for_trial(self, number: int) -> optuna.samplers.BaseSampler:
         """The sampler of trial `number`, made on first use."""
         if number != self._number:
-            self._sampler = base_sampler(self.name, trial_seed(self.seed, number))
+            self._sampler = base_sampler(
+                self.name, trial_seed(self.seed, number), startup=self.startup
+            )
             self._number = number
         return self._sampler
 
@@ -116,9 +125,12 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
         self._number = None
 
 
-def make_sampler(name: str, seed: int | None = None) -> optuna.samplers.BaseSampler:
+def make_sampler(
+    name: str, seed: int | None = None, *, startup: int = TPE_STARTUP
+) -> optuna.samplers.BaseSampler:
     """The sampler called `name`; trial n draws from the stream of (`seed`, n).
 
-    `seed` None seeds from the operating system. See `TrialSeededSampler`.
+    `seed` None seeds from the operating system. `startup` is TPE's random start-up
+    trials (`bench/search_quality.py` compares settings). See `TrialSeededSampler`.
     """
-    return TrialSeededSampler(name, seed)
+    return TrialSeededSampler(name, seed, startup=startup)

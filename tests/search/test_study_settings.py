@@ -105,6 +105,25 @@ def snapshot(url: str) -> tuple:
     return study.user_attrs, trials
 
 
+def _draws(startup: int | None, n: int) -> list[dict]:
+    """Parameters of `n` TPE trials, each told a score that rises with its lr."""
+    kwargs = {} if startup is None else {"startup": startup}
+    study = optuna.create_study(direction="maximize", sampler=make_sampler("tpe", 3, **kwargs))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        sample(trial, SPACE, max_params=5_000_000)
+        study.tell(trial, trial.params["lr_mult"])
+        out.append(trial.params)
+    return out
+
+
+def test_tpe_models_the_results_after_its_start_up_trials():
+    default, early = _draws(None, 6), _draws(3, 6)
+    assert default[:3] == early[:3]  # the same random start-up draws
+    assert default[3:] != early[3:]  # then one keeps drawing at random, the other models
+
+
 def test_resuming_on_other_data_is_refused_naming_each_change_and_writes_nothing(tmp_path):
     url = f"sqlite:///{tmp_path}/d.db"
     assert enqueue(tmp_path).exit_code == 0
