@@ -10,12 +10,13 @@ Each arm is a sampler and a pruner run through the project's own study machinery
 `Objective`), one study per SQLite file in a temporary folder, exactly as
 `autosearch start` runs them: random search, TPE, TPE with median pruning, TPE with
 Hyperband, and on request (`--arms`) the GP sampler, or TPE with 5 random start-up
-trials instead of 10 and either pruner (`tpe5+median`, `tpe5+hyperband`). Every arm gets the same compute, counted in
-trained images: a study stops at the first trial that ends at or past the budget, and a
-pruned trial counts the epochs it trained. The budget is given in full trials (every
-epoch of the whole training split). Repetition r of every arm uses sampler seed
-`--seed + r` and the same training seeds, so TPE's random start-up trials are random
-search's first trials: the arms differ only in what they learn.
+trials instead of 10 and either pruner (`tpe5+median`, `tpe5+hyperband`). Every arm
+gets the same compute, counted in trained images: a study stops at the first trial
+that ends at or past the budget, and a pruned trial counts the epochs it trained. The
+budget is given in full trials (every epoch of the whole training split). Repetition r
+of every arm uses sampler seed `--seed + r` and the same training seeds, so TPE's
+random start-up trials are random search's first trials: the arms differ only in what
+they learn.
 
 The best-so-far of a study after x images is the best final validation accuracy of the
 trials that finished training by then (pruned, failed and infeasible trials have none),
