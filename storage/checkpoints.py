@@ -331,8 +331,11 @@ def keep_best(
     """The retention policy of a study's checkpoints: disk use stays bounded.
 
     Keeps the folders of `live` trials (running, or queued to resume) and of the `keep`
-    best `finished` ones, given as (value, key) pairs; deletes every other trial folder
-    of the study. Returns the folders removed.
+    best `finished` ones, given as (value, key) pairs, the lower key first among equal
+    values; deletes every other trial folder of the study. Returns the folders removed.
     """
-    best = {key for _, key in sorted(finished, reverse=True)[:keep]}
+    # Ties go to the earlier trial, as they do when the best trial is chosen (the first
+    # of equal values): the trial `export` picks keeps its weights.
+    ranked = sorted(finished, key=lambda pair: (-pair[0], pair[1]))
+    best = {key for _, key in ranked[:keep]}
     return prune_finished(root, study, live | best)

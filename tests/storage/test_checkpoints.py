@@ -12,6 +12,7 @@ import torch
 from autosearch.storage.checkpoints import (
     CheckpointError,
     CheckpointStore,
+    keep_best,
     prune_finished,
     read_checkpoint,
 )
@@ -237,3 +238,17 @@ def test_default_root_and_keep_validation(tmp_path: Path) -> None:
     assert CheckpointStore(None, "s", 1).folder == Path("checkpoints/s/trial-00001")
     with pytest.raises(CheckpointError, match="keep=0"):
         CheckpointStore(tmp_path, "s", 1, keep=0)
+
+
+def test_keep_best_breaks_ties_toward_the_earlier_trial(tmp_path: Path) -> None:
+    """The best trial is the first of equal values; its weights must be the ones kept."""
+    for key in range(5):
+        CheckpointStore(tmp_path, "study-a", key).save(1, {"w": torch.zeros(1)})
+    finished = [(0.5, 0), (0.5, 1), (0.25, 2), (0.5, 3), (0.75, 4)]
+    keep_best(tmp_path, "study-a", live={2}, finished=finished, keep=3)
+    assert sorted(p.name for p in (tmp_path / "study-a").iterdir()) == [
+        "trial-00000",
+        "trial-00001",
+        "trial-00002",
+        "trial-00004",
+    ]
