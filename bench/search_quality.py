@@ -327,6 +327,13 @@ def run_all(s: Setting, data_dir: str | None, seed: int, *, seeds: bool = True) 
 # -------------------------------------------------------------------------------- main
 
 
+def _command(argv: list[str]) -> str:
+    """The command line, its data folder named DATA_DIR: results are shared, paths not."""
+    words = ["DATA_DIR" if i and argv[i - 1] == "--data-dir" else a for i, a in enumerate(argv)]
+    words = ["--data-dir=DATA_DIR" if w.startswith("--data-dir=") else w for w in words]
+    return " ".join(["python bench/search_quality.py", *words])
+
+
 def _revision() -> str:
     try:
         out = subprocess.run(
@@ -419,7 +426,7 @@ def main() -> None:
         started = time.perf_counter()
         results = run_all(s, args.data_dir, args.seed, seeds=base is None)
         results["wall_s"] = time.perf_counter() - started
-        results["command"] = " ".join(["python bench/search_quality.py", *sys.argv[1:]])
+        results["command"] = _command(sys.argv[1:])
         results["revision"] = _revision()
         if base is not None:  # the saved arms first, then the new ones
             results["setting"]["arms"] = [*base["setting"]["arms"], *s.arms]
