@@ -146,48 +146,15 @@ def export(
     from autosearch.search.results.exported import ExportError
     from autosearch.search.results.searched import export_searched
     from autosearch.search.training.sources import DataNotFoundError
-    from autosearch.search.tuning import checks
-    from autosearch.search.tuning.outcomes import top_trials
-    from autosearch.search.tuning.session import Placement
-    from autosearch.search.tuning.settings import (
-        DataSettings,
-        RunSettings,
-        stored_data_settings,
-        stored_run_settings,
-    )
-    from autosearch.search.tuning.study import MAX_PARAMS_ATTR, StudyError
+    from autosearch.search.tuning.study import MAX_PARAMS_ATTR
 
     _, _, s = _read_only(storage, study)
-    settings = stored_run_settings(s.user_attrs) or RunSettings()
-    split = stored_data_settings(s.user_attrs) or DataSettings()
-    where = Placement(data=data, data_dir=data_dir)
-    try:  # where the data is; that it is the study's is checked once it is read
-        source = checks.settings_source(settings, split, where)
-    except StudyError as e:
-        fail(str(e))
-    if trial is None:
-        top = top_trials(s, 1)
-        if not top:
-            fail(f"study {study!r} has no complete trial within its budget to export", code=1)
-        chosen = top[0]
-    else:
-        numbers = {t.number: t for t in s.get_trials(deepcopy=False)}
-        if trial not in numbers:
-            fail(f"study {study!r} has no trial {trial}; trials are 0 to {len(numbers) - 1}")
-        chosen = numbers[trial]
+    source, split = _study_data(s, data, data_dir)
+    chosen = _chosen_trial(s, study, trial)
     console.print(
         f"exporting trial {chosen.number} of {study} (search val acc {chosen.value}) to {out}",
         highlight=False,
     )
-
-    def show(i: int, r) -> None:
-        val = "" if r.val_acc != r.val_acc else f"  val acc {r.val_acc:.4f}"  # NaN: no val
-        console.print(
-            f"seed {seed + i} epoch {r.epoch:>3}  train loss {r.train_loss:.4f} "
-            f"acc {r.train_acc:.4f}{val}  {r.images_per_s:,.0f} img/s",
-            highlight=False,
-        )
-
     budget = int(s.user_attrs.get(MAX_PARAMS_ATTR, 5_000_000))
     try:
         if not retrain:
@@ -225,7 +192,7 @@ def export(
             seeds=seeds,
             device=device,
             overwrite=force,
-            on_epoch=show,
+            on_epoch=_epoch_printer(seed),
         )
     except (ExportError, ValueError, FileNotFoundError, DataNotFoundError) as e:
         fail(str(e))
@@ -236,6 +203,57 @@ def export(
     if info["val_acc"] is not None:
         line += f", val acc {info['val_acc']:.4f}"
     console.print(f"{line}, {info['params']:,} params -> {out}", highlight=False)
+
+
+def _study_data(s, data: str | None, data_dir: str | None):
+    """Where the study's data is on this machine, and the study's data settings; that
+    the data is the study's is checked once it is read."""
+    from autosearch.search.tuning import checks
+    from autosearch.search.tuning.requests import Placement
+    from autosearch.search.tuning.settings import (
+        DataSettings,
+        RunSettings,
+        StudyError,
+        stored_data_settings,
+        stored_run_settings,
+    )
+
+    settings = stored_run_settings(s.user_attrs) or RunSettings()
+    split = stored_data_settings(s.user_attrs) or DataSettings()
+    try:
+        source = checks.settings_source(settings, split, Placement(data=data, data_dir=data_dir))
+    except StudyError as e:
+        fail(str(e))
+    return source, split
+
+
+def _chosen_trial(s, study: str, trial: int | None):
+    """Trial `trial` of the study, or its best complete trial within the budget."""
+    from autosearch.search.tuning.outcomes import top_trials
+
+    if trial is None:
+        top = top_trials(s, 1)
+        if not top:
+            fail(f"study {study!r} has no complete trial within its budget to export", code=1)
+        return top[0]
+    numbers = {t.number: t for t in s.get_trials(deepcopy=False)}
+    if trial not in numbers:
+        fail(f"study {study!r} has no trial {trial}; trials are 0 to {len(numbers) - 1}")
+    return numbers[trial]
+
+
+def _epoch_printer(seed: int):
+    """A line per epoch of each retraining run (run i trains with seed + i)."""
+
+    def show(i: int, r) -> None:
+        val = "" if r.val_acc != r.val_acc else f"  val acc {r.val_acc:.4f}"  # NaN: no val
+        console.print(
+            f"seed {seed + i} epoch {r.epoch:>3}  train loss {r.train_loss:.4f} "
+            f"acc {r.train_acc:.4f}{val}  {r.images_per_s:,.0f} img/s",
+            highlight=False,
+        )
+
+    return show
 
 
 @app.command("evaluate")

@@ -21,8 +21,8 @@ from autosearch.search.training.datasets import (
 )
 from autosearch.search.training.device import resolve_device
 from autosearch.search.training.sources import DataNotFoundError
-from autosearch.search.tuning.launcher import LaunchError, parse_gpus, plan_slots, visible_gpus
 from autosearch.search.tuning.settings import PRUNERS, SAMPLERS, StudyError
+from autosearch.search.tuning.slots import LaunchError, parse_gpus, plan_slots, visible_gpus
 from autosearch.search.tuning.tracking import parse_tracks
 from autosearch.storage.names import StudyNameError, check_study_name
 from autosearch.storage.urls import (

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import optuna
 from autosearch.models import DEFAULT_MAX_PARAMS
-from autosearch.search.tuning.launcher import Slot
+from autosearch.search.tuning.slots import Slot
 
 
 @dataclass(frozen=True)

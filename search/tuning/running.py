@@ -11,16 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import optuna
-from autosearch.search.tuning.launcher import (
-    Launcher,
-    LaunchError,
-    Slot,
-    parse_gpus,
-    plan_slots,
-    visible_gpus,
-)
+from autosearch.search.tuning.launcher import Launcher
 from autosearch.search.tuning.requests import Outcome, Placement
 from autosearch.search.tuning.settings import StudyError, load_run_settings
+from autosearch.search.tuning.slots import LaunchError, Slot, parse_gpus, plan_slots, visible_gpus
 from autosearch.search.tuning.worker import LauncherGone, Terminated, run_worker
 from autosearch.storage.optuna_storage import PermanentStorageError, make_storage
 from autosearch.storage.urls import StorageURLError, mask_url, resolve_url

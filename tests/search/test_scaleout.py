@@ -16,17 +16,16 @@ from pathlib import Path
 import optuna
 import pytest
 from autosearch.search.cli import app
-from autosearch.search.tuning.launcher import (
-    Launcher,
+from autosearch.search.tuning.launcher import Launcher, _Proc
+from autosearch.search.tuning.requests import Placement
+from autosearch.search.tuning.running import interrupt_on_sigterm, plan
+from autosearch.search.tuning.slots import (
     LaunchError,
     Slot,
-    _Proc,
     auto_workers_per_gpu,
     parse_gpus,
     plan_slots,
 )
-from autosearch.search.tuning.requests import Placement
-from autosearch.search.tuning.running import interrupt_on_sigterm, plan
 from autosearch.search.tuning.worker import Terminated
 from typer.testing import CliRunner
 
