@@ -145,6 +145,7 @@ def table(results: dict[str, Any]) -> str:
         out.append(
             f"  {seed['name']:<24} {seed['params']:>10,} params ({scaled}): val {seed['value']:.3f}"
         )
+    out += rescored_lines(results)
     out.append("")
     verdicts = target(results)
     if not verdicts:
@@ -157,6 +158,31 @@ def table(results: dict[str, Any]) -> str:
             f"(needs <= {TARGET_SHARE:.0%} of the budget and above it at the end)"
         )
     return "\n".join(out)
+
+
+def rescored_lines(results: dict[str, Any]) -> list[str]:
+    """The table's section on the studies' best trials retrained (`--rescore`), if any."""
+    rescored = results.get("rescored")
+    if not rescored:
+        return []
+    times = len(rescored[0]["values"])
+    out = [
+        "",
+        f"each study's best trial retrained {times} times with other training seeds: its "
+        "score, then the mean of the retrainings",
+        "(median (min-max) over the repetitions; the best score is the luckiest of many)",
+    ]
+    for arm in results["setting"]["arms"]:
+        mine = [r for r in rescored if r["arm"] == arm]
+        if not mine:
+            continue
+        bests = {
+            r["rep"]: best_at(r["trials"], results["budget"]) for r in studies_of(results, arm)
+        }
+        scores = [bests[r["rep"]] for r in mine]
+        means = [statistics.fmean(r["values"]) for r in mine]
+        out.append(f"  {arm:<14} best {_spread(scores):<22} retrained {_spread(means)}")
+    return out
 
 
 # ------------------------------------------------------------------------- the figure

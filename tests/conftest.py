@@ -14,6 +14,27 @@ from autosearch.storage.databases import temporary_database
 
 PG_ENV = "AUTOSEARCH_TEST_PG"
 
+# A TOML space of one 8-channel stage and one epoch: a trial is a fraction of a second on
+# a CPU.
+TINY_SPACE = """
+name = "tiny"
+[arch]
+stages = [1, 1]
+widths = [8, 8]
+repeats = [1, 1]
+kernels = [3]
+skip_kernels = [1]
+downsamples = [0, 0]
+stem_widths = [8]
+[recipe]
+optimizers = ["sgd"]
+batch_sizes = [64]
+epochs = 1
+schedules = ["cosine"]
+augments = ["flip"]
+tta = false
+"""
+
 
 def colour_images(n: int, seed: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """`n` NHWC uint8 images whose class is a mean colour plus noise: easy to learn."""

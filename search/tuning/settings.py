@@ -11,7 +11,7 @@ a change of sampler or pruner is allowed, with a notice.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Self
 
 import optuna
 
@@ -34,8 +34,21 @@ class StudyError(ValueError):
     """A study cannot be created or resumed as asked."""
 
 
+class _Stored:
+    """Settings kept as a JSON dict in a study's user attributes. Keys a newer or older
+    version wrote and this one lacks are skipped, so an old study stays readable."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
 @dataclass(frozen=True)
-class DataSettings:
+class DataSettings(_Stored):
     """Which images a study's trials train on and are scored on; fixed for its life."""
 
     # The data's identity (`training.datasets`): "cifar10", "cifar100", or a digest of
@@ -45,14 +58,6 @@ class DataSettings:
     subset: int | None = None  # stratified training subset; None: all training images
     val_size: int = 10_000  # validation images held out of the training split
     split_seed: int = DEFAULT_SPLIT_SEED  # the split's seed; trials train with it + number
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DataSettings:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
     def changes(self, new: DataSettings) -> list[str]:
         """One 'name old -> new' phrase per setting that differs in `new`."""
@@ -64,7 +69,7 @@ class DataSettings:
 
 
 @dataclass(frozen=True)
-class RunSettings:
+class RunSettings(_Stored):
     """What every worker of a study must agree on, stored on the study by `start`.
 
     A worker that joins with `autosearch worker` reads these, so it needs only
@@ -96,14 +101,6 @@ class RunSettings:
                 f"grace period {self.grace_period} s must exceed the heartbeat interval "
                 f"{self.heartbeat_interval} s, or live trials would be failed as dead"
             )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RunSettings:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
     def notice(self, previous: RunSettings | None) -> str | None:
         """One line naming a changed sampler or pruner since `previous`, or None."""

@@ -18,28 +18,10 @@ from autosearch.storage.optuna_storage import make_storage
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
+from tests.conftest import TINY_SPACE
+
 runner = CliRunner()
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
-
-# One stage of 8 channels, one epoch: a trial is a fraction of a second on a CPU.
-TINY = """
-name = "tiny"
-[arch]
-stages = [1, 1]
-widths = [8, 8]
-repeats = [1, 1]
-kernels = [3]
-skip_kernels = [1]
-downsamples = [0, 0]
-stem_widths = [8]
-[recipe]
-optimizers = ["sgd"]
-batch_sizes = [64]
-epochs = 1
-schedules = ["cosine"]
-augments = ["flip"]
-tta = false
-"""
 
 
 def objective(trial: optuna.Trial) -> float:
@@ -70,7 +52,7 @@ def test_trials_n_runs_exactly_n_after_an_interrupted_run(tmp_path: Path) -> Non
 
 def test_the_cli_runs_exactly_the_trials_asked(tmp_path: Path, cifar_dir: Path) -> None:
     space = tmp_path / "tiny.toml"
-    space.write_text(TINY)
+    space.write_text(TINY_SPACE)
     url = f"sqlite:///{tmp_path / 's.db'}"
     where = Placement(device="cpu", data_dir=str(cifar_dir), checkpoint_dir=str(tmp_path / "ck"))
     request = StartRequest(

@@ -29,27 +29,9 @@ from autosearch.search.training.sources import load_cifar
 from PIL import Image
 from typer.testing import CliRunner
 
-runner = CliRunner()
+from tests.conftest import TINY_SPACE
 
-TINY = """
-name = "tiny"
-extends = "zigzag"
-[arch]
-stages = [1, 1]
-widths = [8, 8]
-repeats = [1, 1]
-kernels = [3]
-skip_kernels = [1]
-downsamples = [0, 0]
-stem_widths = [8]
-[recipe]
-optimizers = ["sgd"]
-batch_sizes = [64]
-epochs = 1
-schedules = ["cosine"]
-augments = ["flip"]
-tta = false
-"""
+runner = CliRunner()
 
 
 def coloured(n: int, classes: int, seed: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -222,7 +204,7 @@ def search_export_evaluate(
 
     `here` is what export needs to find the data (CIFAR's folder is not stored)."""
     space = tmp_path / "tiny.toml"
-    space.write_text(TINY)
+    space.write_text(TINY_SPACE)
     url = f"sqlite:///{tmp_path / 's.db'}"
     where = ["--storage", url, "--device", "cpu"]
     run(

@@ -96,3 +96,20 @@ def test_a_study_trains_up_to_its_budget_through_the_project_machinery(tmp_path,
     for t in out["trials"]:
         assert t["images"] % 64 == 0 and t["images"] <= 2 * 64
         assert (t["value"] is not None) == (t["stopped"] == "finished")
+
+
+def test_rescore_retrains_exactly_what_the_best_trial_trained(tmp_path, monkeypatch):
+    setting = replace(sq.MODES["quick"], epochs=1, budget_trials=3, threads=0)
+    data = tiny_data(n_train=64, n_val=32, size=32)
+    monkeypatch.setattr(sq, "_SETTING", setting)
+    monkeypatch.setattr(sq, "_DATA", data)
+    out = sq.run_study("random", 0, 0, str(tmp_path))
+    finished = [t for t in out["trials"] if t["value"] is not None]
+    assert finished
+    for t in finished:
+        # The objective trains trial n of repetition 0 with seed 0 + n.
+        assert sq.retrain(t["config"], t["number"]) == t["value"]
+    saved = _results({"random": [out["trials"]]}, budget=sq.budget_images(setting, 64))
+    saved["studies"][0]["trials"][0].pop("config")
+    with pytest.raises(SystemExit, match="parameters"):
+        sq.rescore(saved, None, 1)
