@@ -1,4 +1,5 @@
-"""bench/search_quality.py: equal compute per arm, and the table's arithmetic."""
+"""bench/search_quality.py (its runs and its report): equal compute per arm, the table's
+arithmetic, and retraining a study's best."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from dataclasses import replace
 import pytest
 from autosearch.search.training import trainer
 
-from bench import search_quality as sq
 from bench import search_quality_report as report
+from bench import search_quality_runs as sq
 from tests.conftest import tiny_data
 
 
