@@ -16,7 +16,14 @@ from typing import Any
 PRUNED = "pruned"  # the `stopped` of a pruned trial (tuning.outcomes.PRUNED)
 BASELINE = "random"
 # the target is about these
-PRUNING_ARMS = ("tpe+median", "tpe+hyperband", "tpe5+median", "tpe5+hyperband")
+PRUNING_ARMS = (
+    "tpe+median",
+    "tpe+hyperband",
+    "tpe+quartile",
+    "tpe5+median",
+    "tpe5+hyperband",
+    "tpe5+quartile",
+)
 TARGET_SHARE = 0.6  # of the budget, by which TPE with pruning must reach random's best
 CHECKPOINTS = (0.25, 0.5, 1.0)  # budget shares the table reports
 

@@ -114,6 +114,15 @@ def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
             ),
             max_epochs,
         )
+    if name == "quartile":
+        # Only the hopeless: a trial in the lowest quarter of the finished trials at its
+        # epoch (Optuna's percentile is the share kept, counted from the best).
+        return BudgetPruner(
+            lambda _budget: optuna.pruners.PercentilePruner(
+                75.0, n_startup_trials=5, n_warmup_steps=first_rung
+            ),
+            max_epochs,
+        )
     if name == "hyperband":
         return BudgetPruner(
             lambda budget: optuna.pruners.HyperbandPruner(

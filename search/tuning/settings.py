@@ -18,7 +18,7 @@ import optuna
 SAMPLERS = ("tpe", "random", "cmaes", "gp")
 
 
-PRUNERS = ("median", "hyperband", "sha", "none")
+PRUNERS = ("median", "quartile", "hyperband", "sha", "none")
 
 
 RUN_ATTR = "run_settings"

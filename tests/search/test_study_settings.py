@@ -208,6 +208,20 @@ def test_median_waits_a_whole_epoch_and_compares_only_within_a_budget():
     assert prune_epoch(study, 2, [0.1, 0.1]) is None
 
 
+def test_quartile_prunes_only_the_lowest_quarter_at_an_epoch():
+    study = optuna.create_study(direction="maximize", pruner=make_pruner("quartile", 4))
+    for value in (0.2, 0.4, 0.5, 0.6, 0.8):
+        finished(study, 4, value)
+    # The lowest quarter of 0.2-0.8 lies under 0.4 (numpy's 25th percentile): a trial at
+    # 0.35 is pruned, after the warm-up epoch; one at 0.45, under the median, is not.
+    assert prune_epoch(study, 4, [0.35] * 4) == 2
+    assert prune_epoch(study, 4, [0.45] * 4) is None
+    median = optuna.create_study(direction="maximize", pruner=make_pruner("median", 4))
+    for value in (0.2, 0.4, 0.5, 0.6, 0.8):
+        finished(median, 4, value)
+    assert prune_epoch(median, 4, [0.45] * 4) == 2
+
+
 @pytest.mark.parametrize("name", ["sha", "hyperband"])
 def test_halving_pruners_rung_after_the_warm_up_within_a_budget(name):
     study = optuna.create_study(direction="maximize", pruner=make_pruner(name, 9))
