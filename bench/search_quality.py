@@ -9,10 +9,12 @@
 Each arm is a sampler and a pruner run through the project's own study machinery
 (`open_study`, `make_sampler`, `make_pruner`, `reserve_trials`, `run_worker` and
 `Objective`), one study per SQLite file in a temporary folder, exactly as `autosearch
-start` runs them: random search, TPE, TPE with median pruning, TPE with Hyperband, and
-on request (`--arms`) the GP sampler, or TPE with 5 random start-up trials instead of 10
-and either pruner (`tpe5+median`, `tpe5+hyperband`); `--add-to JSON` runs such arms with
-a saved result's settings and tables them with its arms. Every arm gets the same
+start` runs them: random search, and TPE after the project's 5 random start-up trials
+alone, with median pruning and with Hyperband (`tpe5`, `tpe5+median`, `tpe5+hyperband`).
+On request (`--arms`): the quartile pruner (`tpe5+quartile`), the same four TPE arms
+after Optuna's 10 start-up trials (`tpe`, `tpe+median`, `tpe+hyperband`,
+`tpe+quartile`), or the GP sampler; `--add-to JSON` runs such arms with a saved result's
+settings and tables them with its arms. Every arm gets the same
 compute, counted in trained images: a study stops at the first trial that ends at or
 past the budget, and a pruned trial counts the epochs it trained. The budget is given in
 full trials (every epoch of the whole training split). Repetition r of every arm uses
@@ -30,8 +32,8 @@ of the budget or less and ends above it. A PNG plots the best-so-far against ima
 trained: the median line of each arm with its min-max band (matplotlib, from the
 project's `bench` extra).
 
-A study's best is the highest of many noisy scores: on the proxy, one configuration
-trained with four seeds scores within about +-0.04. `--rescore JSON` retrains the best
+A study's best is the highest of many noisy scores: on the proxy, three trainings of one
+configuration with different seeds spread over up to 5 points. `--rescore JSON` retrains the best
 trial of every study of a saved result `--times` times with new training seeds, all
 studies with the same seeds, and adds to the table the mean of those runs: how good the
 configuration each arm picked is, apart from the luck that made it the best.
@@ -66,11 +68,30 @@ from bench.search_quality_runs import ARMS, MODES, Setting, rescore, run_all
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+# Options whose value is a local path, and the word a saved command line shows instead:
+# results are shared, paths not.
+_PATHS = {"--data-dir": "DATA_DIR", "--out": "DIR", "--add-to": "JSON", "--rescore": "JSON"}
+
+
 def _command(argv: list[str]) -> str:
-    """The command line, its data folder named DATA_DIR: results are shared, paths not."""
-    words = ["DATA_DIR" if i and argv[i - 1] == "--data-dir" else a for i, a in enumerate(argv)]
-    words = ["--data-dir=DATA_DIR" if w.startswith("--data-dir=") else w for w in words]
+    """The command line with each path named by its kind (`_PATHS`)."""
+    words = []
+    for i, word in enumerate(argv):
+        option, equals, _ = word.partition("=")
+        if equals and option in _PATHS:
+            word = f"{option}={_PATHS[option]}"
+        elif i and argv[i - 1] in _PATHS:
+            word = _PATHS[argv[i - 1]]
+        words.append(word)
     return " ".join(["python bench/search_quality.py", *words])
+
+
+def _run_of(results: dict[str, Any], command: str, revision: str, wall_s: float) -> None:
+    """Add one run's command line, revision and wall time to a saved result's."""
+    results["command"] = f"{results['command']}\n$ {command}" if "command" in results else command
+    known = results.get("revision")
+    results["revision"] = revision if known in (None, revision) else f"{known}, then {revision}"
+    results["wall_s"] = results.get("wall_s", 0.0) + wall_s
 
 
 def _revision() -> str:
@@ -161,7 +182,9 @@ def main() -> None:
             raise SystemExit(f"--times must be >= 1, got {args.times}")
         path = Path(args.rescore)
         results = json.loads(path.read_text())
+        started = time.perf_counter()
         results["rescored"] = rescore(results, args.data_dir, args.times)
+        _run_of(results, _command(sys.argv[1:]), _revision(), time.perf_counter() - started)
         path.write_text(json.dumps(results, indent=1) + "\n")
         stem = path.with_suffix("")
     else:
@@ -176,20 +199,20 @@ def main() -> None:
             name += "_" + "_".join(a.replace("+", "-") for a in s.arms)
         started = time.perf_counter()
         results = run_all(s, args.data_dir, args.seed, seeds=base is None)
-        results["wall_s"] = time.perf_counter() - started
-        results["command"] = _command(sys.argv[1:])
-        results["revision"] = _revision()
         if base is not None:  # the saved arms first, then the new ones
             results["setting"]["arms"] = [*base["setting"]["arms"], *s.arms]
             results["studies"] = base["studies"] + results["studies"]
             results["seeds"] = base["seeds"]
+            for key in ("command", "revision", "wall_s"):
+                results[key] = base[key]
+        _run_of(results, _command(sys.argv[1:]), _revision(), time.perf_counter() - started)
         stem = out / name
         stem.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     cpu = sum(r.get("cpu_s", 0.0) for r in results["studies"] + results["seeds"])
     lanes = results["setting"]["lanes"]
     text = (
         f"$ {results['command']}\nrevision {results['revision']}: {results['wall_s'] / 60:.1f} "
-        f"min wall, {cpu / 60:.1f} CPU-min in the studies (about {cpu / lanes / 60:.1f} min "
+        f"min wall in all, {cpu / 60:.1f} CPU-min in the studies (about {cpu / lanes / 60:.1f} min "
         f"with {lanes} idle core(s))\n\n{table(results)}"
     )
     print("\n" + text)

@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 from autosearch.search.training import trainer
 
+from bench import search_quality as cli
 from bench import search_quality_report as report
 from bench import search_quality_runs as sq
 from tests.conftest import tiny_data
@@ -114,3 +115,27 @@ def test_rescore_retrains_exactly_what_the_best_trial_trained(tmp_path, monkeypa
     saved["studies"][0]["trials"][0].pop("config")
     with pytest.raises(SystemExit, match="parameters"):
         sq.rescore(saved, None, 1)
+
+
+def test_a_saved_command_names_no_local_path_and_keeps_every_run():
+    argv = [
+        "--proxy",
+        "--add-to",
+        "/home/me/r.json",
+        "--out=/tmp/o",
+        "--data-dir",
+        "/d",
+        "--arms",
+        "tpe5",
+    ]
+    line = cli._command(argv)
+    assert line.endswith("--proxy --add-to JSON --out=DIR --data-dir DATA_DIR --arms tpe5")
+    saved: dict = {}
+    cli._run_of(saved, "first", "abc", 60.0)
+    cli._run_of(saved, "second", "abc", 30.0)
+    cli._run_of(saved, "third", "def", 10.0)
+    assert saved == {
+        "command": "first\n$ second\n$ third",
+        "revision": "abc, then def",
+        "wall_s": 100.0,
+    }
