@@ -35,9 +35,9 @@ data: setup
 	  $(BIN)/python $(JPEG_COPY)/prepare.py $(DATA); fi
 
 # About 5 minutes on two CPU cores: 25 trials of the zigzag-cpu space (a CPU-sized
-# zigzag, 4-epoch trials) under 50,000 parameters, as `bench/search_quality.py --proxy`
-# searches it, on twice the proxy's images: a stratified 5,120 (4,096 to train, 1,024
-# to validate), on which the best trials pass 40% validation accuracy.
+# zigzag, 4-epoch trials) under 50,000 parameters on a stratified 5,120 images (4,096
+# to train, 1,024 to validate), as `bench/search_quality.py --proxy` searches it; the
+# best trials pass 40% validation accuracy.
 demo: setup data
 	$(BIN)/autosearch start --study demo --preset zigzag-cpu --trials 25 --subset 5120 \
 	  --max-params 50000 --seed 0 --device auto \
