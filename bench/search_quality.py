@@ -203,8 +203,9 @@ def main() -> None:
             results["setting"]["arms"] = [*base["setting"]["arms"], *s.arms]
             results["studies"] = base["studies"] + results["studies"]
             results["seeds"] = base["seeds"]
-            for key in ("command", "revision", "wall_s"):
-                results[key] = base[key]
+            for key in ("command", "revision", "wall_s", "rescored"):
+                if key in base:
+                    results[key] = base[key]
         _run_of(results, _command(sys.argv[1:]), _revision(), time.perf_counter() - started)
         stem = out / name
         stem.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
