@@ -101,6 +101,25 @@ def report(
     console.print(f"wrote {path} ({size:.1f} MB, {len(s.trials)} trials)", highlight=False)
 
 
+# export's options that need more than a line
+_VAL_SIZE_HELP = (
+    "Validation images held out (default 0: train on all 50,000; 10,000 for plateau "
+    "schedules, which step on validation loss)."
+)
+_RETRAIN_HELP = (
+    "Retrain on the full training set; --no-retrain writes the trial's kept final weights "
+    "as they are (the best trials keep theirs)."
+)
+EpochsOpt = Annotated[int | None, typer.Option(help="Epochs instead of the trial's.", min=1)]
+SeedsOpt = Annotated[int, typer.Option(help="Training runs; the first is saved.", min=1)]
+ValSizeOpt = Annotated[int | None, typer.Option(help=_VAL_SIZE_HELP, min=0)]
+HereDataOpt = Annotated[
+    str | None,
+    typer.Option("--data", help="Where the study's data is here (default: the study's)."),
+]
+RetrainOpt = Annotated[bool, typer.Option(help=_RETRAIN_HELP)]
+
+
 @app.command()
 @storage_errors
 def export(
@@ -108,34 +127,16 @@ def export(
     out: Annotated[Path, typer.Option(help="Export folder.")],
     storage: StorageOpt = None,
     trial: Annotated[int | None, typer.Option(help="Trial number (default: the best).")] = None,
-    epochs: Annotated[
-        int | None, typer.Option(help="Epochs instead of the trial's.", min=1)
-    ] = None,
-    seeds: Annotated[int, typer.Option(help="Training runs; the first is saved.", min=1)] = 1,
-    val_size: Annotated[
-        int | None,
-        typer.Option(
-            help="Validation images held out (default 0: train on all 50,000; 10,000 for "
-            "plateau schedules, which step on validation loss).",
-            min=0,
-        ),
-    ] = None,
+    epochs: EpochsOpt = None,
+    seeds: SeedsOpt = 1,
+    val_size: ValSizeOpt = None,
     subset: Annotated[int | None, typer.Option(help="Stratified training subset size.")] = None,
     seed: Annotated[int, typer.Option(help="Split seed; run i trains with seed + i.")] = 0,
-    data: Annotated[
-        str | None,
-        typer.Option("--data", help="Where the study's data is here (default: the study's)."),
-    ] = None,
+    data: HereDataOpt = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = "auto",
     force: Annotated[bool, typer.Option(help="Replace an existing export.")] = False,
-    retrain: Annotated[
-        bool,
-        typer.Option(
-            help="Retrain on the full training set; --no-retrain writes the trial's kept "
-            "final weights as they are (the best trials keep theirs)."
-        ),
-    ] = True,
+    retrain: RetrainOpt = True,
     checkpoint_dir: Annotated[
         str, typer.Option(help="Where the study's checkpoints are (--no-retrain).")
     ] = "checkpoints",
@@ -156,53 +157,38 @@ def export(
         highlight=False,
     )
     budget = int(s.user_attrs.get(MAX_PARAMS_ATTR, 5_000_000))
+    common = {"max_params": budget, "data": source, "identity": split.source, "device": device}
     try:
-        if not retrain:
+        if retrain:
+            info = export_trial(
+                chosen, out, study_name=study, subset=subset, val_size=val_size, seed=seed,
+                epochs=epochs, seeds=seeds, overwrite=force, on_epoch=_epoch_printer(seed),
+                **common,
+            )  # fmt: skip
+        else:
             info = export_searched(
-                s,
-                chosen,
-                out,
-                checkpoint_dir=checkpoint_dir,
-                max_params=budget,
-                data=source,
-                subset=split.subset,
-                val_size=split.val_size,
-                seed=split.split_seed,
-                identity=split.source,
-                device=device,
-                overwrite=force,
-            )
-            console.print(
-                f"test acc {info['test_acc']:.4f}, val acc {info['val_acc']:.4f} (searched "
-                f"weights, not retrained), {info['params']:,} params -> {out}",
-                highlight=False,
-            )
-            return
-        info = export_trial(
-            chosen,
-            out,
-            study_name=study,
-            max_params=budget,
-            data=source,
-            identity=split.source,
-            subset=subset,
-            val_size=val_size,
-            seed=seed,
-            epochs=epochs,
-            seeds=seeds,
-            device=device,
-            overwrite=force,
-            on_epoch=_epoch_printer(seed),
-        )
+                s, chosen, out, checkpoint_dir=checkpoint_dir, subset=split.subset,
+                val_size=split.val_size, seed=split.split_seed, overwrite=force, **common,
+            )  # fmt: skip
     except (ExportError, ValueError, FileNotFoundError, DataNotFoundError) as e:
         fail(str(e))
+    console.print(f"{_exported_line(info, retrain, seeds, seed)} -> {out}", highlight=False)
+
+
+def _exported_line(info: dict, retrained: bool, seeds: int, seed: int) -> str:
+    """The scores of an export, as `export` prints them."""
+    if not retrained:
+        return (
+            f"test acc {info['test_acc']:.4f}, val acc {info['val_acc']:.4f} (searched "
+            f"weights, not retrained), {info['params']:,} params"
+        )
     line = f"test acc {info['test_acc']:.4f}"
     if seeds > 1:
         line += f" (saved seed {seed}; mean {info['test_acc_mean']:.4f} "
         line += f"+/- {info['test_acc_std']:.4f} over {seeds} seeds)"
     if info["val_acc"] is not None:
         line += f", val acc {info['val_acc']:.4f}"
-    console.print(f"{line}, {info['params']:,} params -> {out}", highlight=False)
+    return f"{line}, {info['params']:,} params"
 
 
 def _study_data(s, data: str | None, data_dir: str | None):

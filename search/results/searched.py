@@ -17,18 +17,15 @@ from typing import Any
 import optuna
 import torch
 from autosearch.models import ArchSpec, build_model, count_params
-from autosearch.search.results.export import (
-    _describe,
-    _finite,
-    _now,
-    _state,
-    _trial_config,
-    check_fits,
-    data_facts,
+from autosearch.search.results.card import (
+    describe,
+    finite,
     git_revision,
     model_card,
+    now,
     versions,
 )
+from autosearch.search.results.export import _state, _trial_config, check_fits, data_facts
 from autosearch.search.results.exported import (
     CARD,
     INFO,
@@ -138,17 +135,17 @@ def export_searched(
         "seed": seed + root_trial_number(trial),
         "test_acc": test_acc,
         "test_loss": test_loss,
-        "val_acc": _finite(val_acc),
+        "val_acc": finite(val_acc),
         "epochs_run": trial.user_attrs.get("epochs_run"),
         "train_seconds": trial.user_attrs.get("train_seconds"),
     }
     where = {"data_dir": data.path if data.kind.startswith("cifar") else None}
     where.update(subset=subset, val_size=val_size, seed=seed)
     where.update(facts)
-    info = _describe(trial, study.study_name, spec, recipe, max_params, [run], split, where, dev)
+    info = describe(trial, study.study_name, spec, recipe, max_params, [run], split, where, dev)
     info["weights_from"] = SEARCHED
     info["weights_sha256"] = sha256_of(folder / WEIGHTS)
-    info.update(versions=versions(), git_revision=git_revision(), created=_now())
+    info.update(versions=versions(), git_revision=git_revision(), created=now())
     (folder / INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     (folder / CARD).write_text(model_card(info), encoding="utf-8")
     return info

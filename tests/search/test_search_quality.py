@@ -85,11 +85,17 @@ def test_plot_writes_a_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_study_trains_up_to_its_budget_through_the_project_machinery(tmp_path, monkeypatch):
-    setting = replace(sq.MODES["quick"], epochs=2, budget_trials=3, threads=0)
-    data = tiny_data(n_train=64, n_val=32, size=32)
+def in_this_process(monkeypatch, epochs: int) -> sq.Setting:
+    """Set up this process as a study lane: the quick setting with `epochs` and a budget
+    of 3 trials, on 64 tiny training images."""
+    setting = replace(sq.MODES["quick"], epochs=epochs, budget_trials=3, threads=0)
     monkeypatch.setattr(sq, "_SETTING", setting)
-    monkeypatch.setattr(sq, "_DATA", data)
+    monkeypatch.setattr(sq, "_DATA", tiny_data(n_train=64, n_val=32, size=32))
+    return setting
+
+
+def test_a_study_trains_up_to_its_budget_through_the_project_machinery(tmp_path, monkeypatch):
+    setting = in_this_process(monkeypatch, epochs=2)
     out = sq.run_study("tpe+median", 0, 0, str(tmp_path))
     budget = sq.budget_images(setting, 64)
     images = [t["images"] for t in out["trials"]]
@@ -101,10 +107,7 @@ def test_a_study_trains_up_to_its_budget_through_the_project_machinery(tmp_path,
 
 
 def test_rescore_retrains_exactly_what_the_best_trial_trained(tmp_path, monkeypatch):
-    setting = replace(sq.MODES["quick"], epochs=1, budget_trials=3, threads=0)
-    data = tiny_data(n_train=64, n_val=32, size=32)
-    monkeypatch.setattr(sq, "_SETTING", setting)
-    monkeypatch.setattr(sq, "_DATA", data)
+    setting = in_this_process(monkeypatch, epochs=1)
     out = sq.run_study("random", 0, 0, str(tmp_path))
     finished = [t for t in out["trials"] if t["value"] is not None]
     assert finished
